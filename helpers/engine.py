@@ -1,0 +1,210 @@
+"""The layer-wise sequential engine shared by every compression method and architecture.
+
+1. Capture, for every decoder block, the inputs the model hands it (hidden states for block 0, and
+   every positional and keyword argument: attention mask, position ids, rotary embeddings, ...).
+   The blocks are swapped for recorders that return their input, so one cheap pass of the
+   embeddings gives each block's own arguments (Gemma-3 hands sliding and global blocks different
+   masks and rotary tables).
+2. For each block: move it to the compute device, hook its linears, run the calibration samples
+   through it (statistics), let the method compress each linear, remove the hooks (always), run the
+   samples through the compressed block and feed its outputs to the next block.
+
+A method is any object with
+    collector(name, linear) -> object with add_batch(inputs), or None if it needs no statistics
+    compress(name, linear, collector) -> dict (a per-layer report)
+and optionally `modifies_weights = False` for observe-only passes.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .models import _module_path, decoder_layers, linear_layers
+
+
+class LayerMethod(Protocol):
+    def collector(self, name: str, linear: nn.Module) -> Any | None: ...
+    def compress(self, name: str, linear: nn.Module, collector: Any | None) -> dict: ...
+
+
+def to_device(value, device):
+    """Move tensors inside nested tuples / lists / dicts to `device`."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(to_device(v, device) for v in value)
+    if isinstance(value, list):
+        return [to_device(v, device) for v in value]
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value
+
+
+@contextlib.contextmanager
+def input_hooks(modules: dict[str, nn.Module], callback: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
+    """Call `callback(name, input)` on every forward of each module; hooks are always removed."""
+    handles = []
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_pre_hook(
+                lambda _m, args, _name=name: callback(_name, args[0].detach())))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class _Recorder(nn.Module):
+    """Stands in for a decoder block: records what it is called with, returns the hidden state."""
+
+    def __init__(self, calls: list):
+        super().__init__()
+        self.calls = calls
+
+    def forward(self, hidden, *args, **kwargs):
+        self.calls.append((hidden, args, kwargs))
+        return hidden
+
+
+@dataclass
+class BlockInputs:
+    """Per batch: the hidden state entering the current block; per block and batch: its arguments."""
+    hidden: list[torch.Tensor]
+    arguments: list[list[tuple[tuple, dict]]]  # [block][batch] -> (args, kwargs)
+
+
+def _non_block_device(model: nn.Module) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, input_ids: torch.Tensor, *, batch_size: int = 8,
+                         device: torch.device | str | None = None) -> BlockInputs:
+    """Run the model's embeddings on `input_ids` [samples, tokens] and record every block's inputs."""
+    layers = decoder_layers(model)
+    device = torch.device(device) if device is not None else _non_block_device(model)
+    original = list(layers)
+    calls: list[list] = [[] for _ in original]
+    home = _non_block_device(model)
+    try:
+        for index in range(len(layers)):
+            layers[index] = _Recorder(calls[index])
+        model.to(device)  # only the embeddings, norms and rotary tables: the blocks are recorders now
+        for start in range(0, input_ids.shape[0], batch_size):
+            batch = input_ids[start:start + batch_size].to(device)
+            model.base_model(input_ids=batch, use_cache=False)
+    finally:
+        for index, block in enumerate(original):
+            layers[index] = block
+        if device != home:
+            model.to(home)
+    hidden = [call[0] for call in calls[0]]
+    arguments = [[(call[1], {k: v for k, v in call[2].items() if k not in ("use_cache", "past_key_values")})
+                  for call in block_calls] for block_calls in calls]
+    return BlockInputs(hidden=hidden, arguments=arguments)
+
+
+@torch.no_grad()
+def _run_block(block: nn.Module, hidden: list[torch.Tensor], arguments: list[tuple[tuple, dict]]) -> list[torch.Tensor]:
+    outputs = []
+    for h, (args, kwargs) in zip(hidden, arguments):
+        out = block(h, *args, **kwargs)
+        outputs.append(out[0] if isinstance(out, tuple) else out)
+    return outputs
+
+
+@dataclass
+class EngineReport:
+    """What the engine did: one entry per compressed linear, plus timings."""
+    layers: dict[str, dict] = field(default_factory=dict)
+    seconds_statistics: float = 0.0
+    seconds_compression: float = 0.0
+    seconds_propagation: float = 0.0
+    seconds_total: float = 0.0
+
+
+@torch.no_grad()
+def run_layerwise(model: nn.Module, input_ids: torch.Tensor, method: LayerMethod, *,
+                  device: torch.device | str | None = None, batch_size: int = 8,
+                  propagate_compressed: bool = True, progress: bool = True,
+                  layer_filter: Callable[[str], bool] | None = None) -> EngineReport:
+    """Compress every decoder-block linear of `model` in place, block by block.
+
+    input_ids: calibration tokens [samples, tokens]. device: where each block is processed (the
+    rest of the model may live elsewhere, e.g. on the CPU). propagate_compressed: feed the next
+    block the outputs of the compressed block (the reference recipe) rather than the dense ones.
+    """
+    start = time.perf_counter()
+    report = EngineReport()
+    layers = decoder_layers(model)
+    prefix = _module_path(model, layers)
+    device = torch.device(device) if device is not None else _non_block_device(model)
+    inputs = capture_block_inputs(model, input_ids, batch_size=batch_size, device=device)
+    hidden = inputs.hidden
+    modifies = getattr(method, "modifies_weights", True)
+    bar = tqdm(range(len(layers)), desc="compressing blocks", disable=not progress)
+    for index in bar:
+        block = layers[index]
+        home = next(block.parameters()).device
+        block.to(device)
+        arguments = to_device(inputs.arguments[index], device)
+        linears = linear_layers(block, prefix=f"{prefix}.{index}.")
+        if layer_filter is not None:
+            linears = {n: m for n, m in linears.items() if layer_filter(n)}
+        collectors = {n: method.collector(n, m) for n, m in linears.items()}
+        collectors = {n: c for n, c in collectors.items() if c is not None}
+        t0 = time.perf_counter()
+        dense_out = None
+        if collectors:
+            with input_hooks({n: linears[n] for n in collectors}, lambda n, x: collectors[n].add_batch(x)):
+                dense_out = _run_block(block, hidden, arguments)
+        t1 = time.perf_counter()
+        for name, linear in linears.items():
+            report.layers[name] = method.compress(name, linear, collectors.get(name))
+        del collectors
+        t2 = time.perf_counter()
+        if dense_out is None or (modifies and propagate_compressed):
+            hidden = _run_block(block, hidden, arguments)
+        else:
+            hidden = dense_out
+        t3 = time.perf_counter()
+        report.seconds_statistics += t1 - t0
+        report.seconds_compression += t2 - t1
+        report.seconds_propagation += t3 - t2
+        block.to(home)
+    report.seconds_total = time.perf_counter() - start
+    return report
+
+
+class NoCompression:
+    """The identity method: gathers nothing, changes nothing (used to test the engine)."""
+    modifies_weights = False
+
+    def collector(self, name, linear):
+        return None
+
+    def compress(self, name, linear, collector):
+        return {}
+
+
+@torch.no_grad()
+def block_outputs(model: nn.Module, input_ids: torch.Tensor, *, batch_size: int = 8,
+                  device: torch.device | str | None = None) -> list[torch.Tensor]:
+    """Each block's output through the engine's path (captured inputs, one block at a time)."""
+    layers = decoder_layers(model)
+    device = torch.device(device) if device is not None else _non_block_device(model)
+    inputs = capture_block_inputs(model, input_ids, batch_size=batch_size, device=device)
+    hidden, outputs = inputs.hidden, []
+    for index, block in enumerate(layers):
+        home = next(block.parameters()).device
+        block.to(device)
+        hidden = _run_block(block, hidden, to_device(inputs.arguments[index], device))
+        block.to(home)
+        outputs.append(torch.cat(hidden))
+    return outputs

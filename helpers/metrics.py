@@ -1,0 +1,145 @@
+"""Perplexity, per-position KL(dense || compressed) and sparsity, all memory-bounded.
+
+Nothing here holds a [tokens, vocab] logits tensor for a whole window: the models return their
+final hidden states, and the output head, log-softmax, NLL and KL run over chunks of positions.
+The dense model's final hidden states are stored once (`DenseReference`) and reused for every
+compressed variant, so the dense forward pass is never repeated.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .models import compressed_linears, linear_weight
+
+# Elements of one [chunk, vocab] logits block: bounds the head's working memory (~128 MiB fp32).
+HEAD_CHUNK_ELEMENTS = 1 << 25
+
+
+def head_chunk(vocab_size: int, requested: int | None = None) -> int:
+    return requested or max(16, HEAD_CHUNK_ELEMENTS // vocab_size)
+
+
+@torch.no_grad()
+def final_hidden(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """Last hidden states (after the final norm) [batch, tokens, hidden]; no logits computed."""
+    device = model.get_input_embeddings().weight.device
+    out = model.base_model(input_ids=input_ids.to(device), use_cache=False)
+    return out.last_hidden_state
+
+
+def log_probs(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """log-softmax of the model's output head on `hidden` [..., hidden] (float32)."""
+    head = model.get_output_embeddings()
+    logits = head(hidden.to(head.weight.device, head.weight.dtype)).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return F.log_softmax(logits, dim=-1)
+
+
+@torch.no_grad()
+def token_nll(model: nn.Module, hidden: torch.Tensor, input_ids: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """NLL of each next token [tokens - 1] for one window's hidden states [tokens, hidden]."""
+    chunk = head_chunk(model.config.vocab_size, chunk)
+    targets = input_ids.to(hidden.device)[1:]
+    out = []
+    for start in range(0, hidden.shape[0] - 1, chunk):
+        stop = min(start + chunk, hidden.shape[0] - 1)
+        lp = log_probs(model, hidden[start:stop])
+        out.append(-lp.gather(-1, targets[start:stop, None].to(lp.device)).squeeze(-1).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def kl_from_hidden(model: nn.Module, dense_hidden: torch.Tensor, other_hidden: torch.Tensor,
+                   chunk: int | None = None, dense_model: nn.Module | None = None) -> torch.Tensor:
+    """KL(p_dense || p_other) per position [tokens], computed over chunks of positions.
+
+    Both hidden states go through the output head of `model` (compression never touches the head),
+    or through `dense_model`'s head for the dense side when it is given.
+    """
+    chunk = head_chunk(model.config.vocab_size, chunk)
+    dense_model = dense_model or model
+    out = []
+    for start in range(0, dense_hidden.shape[0], chunk):
+        log_p = log_probs(dense_model, dense_hidden[start:start + chunk])
+        log_q = log_probs(model, other_hidden[start:start + chunk])
+        out.append((log_p.exp() * (log_p - log_q)).sum(-1).clamp_min_(0).cpu())
+    return torch.cat(out)
+
+
+def kl_unchunked(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """Reference KL(p || q) per position from full logits; used by tests and benchmarks only."""
+    log_p, log_q = F.log_softmax(logits_p.float(), -1), F.log_softmax(logits_q.float(), -1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0)
+
+
+@dataclass
+class WindowResult:
+    nll: torch.Tensor   # [n_windows, tokens - 1]
+    kl: torch.Tensor | None  # [n_windows, tokens]
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll.double().mean().item())
+
+    def mean_kl(self, context: int | None = None) -> float:
+        """Mean KL over positions < context (all positions if None) and windows."""
+        if self.kl is None:
+            raise ValueError("no KL was computed: pass a DenseReference to evaluate().")
+        return self.kl[:, : context or self.kl.shape[1]].double().mean().item()
+
+
+class DenseReference:
+    """The dense model's final hidden states on a set of windows, stored once (on the CPU)."""
+
+    def __init__(self, model: nn.Module, windows: torch.Tensor, *, progress: bool = True):
+        self.windows = windows
+        self.hidden = [final_hidden(model, w[None])[0].cpu()
+                       for w in tqdm(windows, desc="dense reference", disable=not progress)]
+        self.nll = torch.stack([token_nll(model, h, w) for h, w in zip(self.hidden, windows)])
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll.double().mean().item())
+
+    def nbytes(self) -> int:
+        return sum(h.numel() * h.element_size() for h in self.hidden)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, windows: torch.Tensor, reference: DenseReference | None = None, *,
+             chunk: int | None = None, progress: bool = True) -> WindowResult:
+    """One pass of `model` over `windows` [n, tokens]: per-token NLL and, with a reference, KL."""
+    if reference is not None and not torch.equal(reference.windows, windows):
+        raise ValueError("the DenseReference was built on other windows than the ones given to evaluate().")
+    nll, kl = [], []
+    for index, window in enumerate(tqdm(windows, desc="evaluate", disable=not progress)):
+        hidden = final_hidden(model, window[None])[0]
+        nll.append(token_nll(model, hidden, window, chunk))
+        if reference is not None:
+            kl.append(kl_from_hidden(model, reference.hidden[index].to(hidden.device), hidden, chunk))
+    return WindowResult(nll=torch.stack(nll), kl=torch.stack(kl) if kl else None)
+
+
+def perplexity(model: nn.Module, windows: torch.Tensor, *, progress: bool = True) -> float:
+    """exp(mean NLL) over non-overlapping windows (the SparseGPT / GPTQ / Wanda protocol)."""
+    return evaluate(model, windows, progress=progress).perplexity
+
+
+def sparsity_report(model: nn.Module) -> dict:
+    """Fraction of exact zeros per compressed linear (decoder blocks only) and in total."""
+    layers, zeros, total = {}, 0, 0
+    for name, layer in compressed_linears(model).items():
+        weight = linear_weight(layer)
+        z = int((weight == 0).sum())
+        layers[name] = z / weight.numel()
+        zeros += z
+        total += weight.numel()
+    return {"total": zeros / max(total, 1), "parameters": total, "layers": layers}

@@ -1,0 +1,82 @@
+"""Tidy results: one JSON line per measurement, appended as the run goes.
+
+Every record carries the model, method, settings, dataset, protocol, metric and value, plus the
+package versions and the time, so a figure can always be traced to what produced it. A crash keeps
+what was written; `ResultsTable.done(key)` lets a re-run skip work already recorded.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+
+@lru_cache(maxsize=1)
+def environment() -> dict:
+    import importlib.metadata as md
+    versions = {}
+    for package in ("torch", "transformers", "datasets"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            versions[package] = None
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def _plain(value: Any):
+    """JSON-friendly copy of settings (dataclasses, tuples, paths, tensors of one value)."""
+    from dataclasses import asdict, is_dataclass
+    if is_dataclass(value) and not isinstance(value, type):
+        return _plain(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and getattr(value, "numel", lambda: 2)() == 1:
+        return value.item()
+    return value
+
+
+def run_key(**fields) -> str:
+    """A stable key for one unit of work (used to skip work already recorded)."""
+    return json.dumps(_plain(fields), sort_keys=True)
+
+
+class ResultsTable:
+    """Append-only JSON-lines table of tidy records."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, *, model: str, method: str, metric: str, value: float, settings: dict | None = None,
+               dataset: str | None = None, protocol: dict | None = None, key: str | None = None,
+               **extra) -> dict:
+        record = {"model": model, "method": method, "metric": metric, "value": _plain(value),
+                  "settings": _plain(settings or {}), "dataset": dataset, "protocol": _plain(protocol or {}),
+                  "key": key, **_plain(extra), "versions": environment(),
+                  "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+        return record
+
+    def records(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        with open(self.path, encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+
+    def done(self, key: str) -> bool:
+        return any(r.get("key") == key for r in self.records())
+
+    def frame(self):
+        """The table as a pandas DataFrame (settings and protocol flattened with dots)."""
+        import pandas as pd
+        return pd.json_normalize(self.records())

@@ -1,0 +1,27 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from helpers.models import load_model  # noqa: E402
+
+
+@pytest.fixture(params=["llama", "gemma3", "opt", "gpt2"])
+def tiny(request):
+    """A tiny random-weight model of each supported family, with its byte tokenizer."""
+    model, tokenizer = load_model(f"tiny-{request.param}", layers=4, seed=1)
+    return model, tokenizer
+
+
+@pytest.fixture
+def tiny_llama():
+    return load_model("tiny-llama", layers=2, seed=1)
+
+
+@pytest.fixture
+def tokens():
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (4, 48), generator=generator)

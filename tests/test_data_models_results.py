@@ -1,0 +1,124 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers.data import (CalibrationSettings, DATASETS, calibration_samples, data_dir, evaluation_windows,
+                          load_dataset, token_windows)
+from helpers.models import ByteTokenizer, OFFLINE_ALIASES, load_model
+from helpers.results import ResultsTable, run_key
+
+HAVE_DATA = (data_dir() / "wikitext2").is_dir()
+needs_data = pytest.mark.skipif(not HAVE_DATA, reason="the shared data folder is not present")
+
+
+def test_token_windows_are_non_overlapping_and_drop_the_tail():
+    stream = torch.arange(25)
+    windows = token_windows(stream, 8)
+    assert windows.shape == (3, 8)
+    assert torch.equal(windows.reshape(-1), torch.arange(24))
+    assert token_windows(stream, 8, max_windows=2).shape == (2, 8)
+    with pytest.raises(ValueError, match="seq_len=30"):
+        token_windows(stream, 30)
+
+
+@needs_data
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_every_registered_dataset_loads_locally(name):
+    data = load_dataset(name)
+    assert len(data) > 0
+
+
+@needs_data
+def test_local_datasets_have_the_documented_sizes():
+    assert len(load_dataset("mmlu", split="dev")) == 285
+    assert len(load_dataset("cnndm_stories")) == 90
+    assert len(load_dataset("vicuna_bench")) == 80
+    assert load_dataset("wikitext2").startswith(" \n = Robert Boulter = \n") or "Robert Boulter" in load_dataset("wikitext2")[:200]
+
+
+def test_missing_dataset_names_the_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPRESSION_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        load_dataset("wikitext2")
+    with pytest.raises(ValueError, match="not known"):
+        load_dataset("imagenet")
+
+
+@needs_data
+def test_calibration_is_seeded_and_shaped():
+    tokenizer = ByteTokenizer()
+    settings = CalibrationSettings(n_samples=4, seq_len=64, seed=3)
+    first, again = calibration_samples(tokenizer, settings), calibration_samples(tokenizer, settings)
+    assert first.shape == (4, 64) and torch.equal(first, again)
+    other = calibration_samples(tokenizer, CalibrationSettings(n_samples=4, seq_len=64, seed=4))
+    assert not torch.equal(first, other)
+    wiki = calibration_samples(tokenizer, CalibrationSettings(dataset="wikitext2", n_samples=2, seq_len=32))
+    assert wiki.shape == (2, 32)
+
+
+def test_calibration_from_saved_tokens(tmp_path):
+    saved = torch.randint(0, 100, (5, 20))
+    torch.save(saved, tmp_path / "calib.pt")
+    got = calibration_samples(None, CalibrationSettings(n_samples=3, seq_len=10, token_file=str(tmp_path / "calib.pt")))
+    assert torch.equal(got, saved[:3, :10])
+    with pytest.raises(ValueError, match="shape"):
+        calibration_samples(None, CalibrationSettings(n_samples=9, seq_len=10, token_file=str(tmp_path / "calib.pt")))
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="imagenet"):
+        CalibrationSettings(dataset="imagenet")
+    with pytest.raises(ValueError, match="bfloat8"):
+        load_model("tiny-llama", dtype="bfloat8")
+    with pytest.raises(ValueError, match="tiny family"):
+        load_model("tiny-bert")
+
+
+def test_unreachable_hub_id_lists_the_offline_aliases(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError) as err:
+        load_model("some-org/not-a-model-here")
+    for alias in OFFLINE_ALIASES:
+        assert alias in str(err.value)
+
+
+def test_results_table_appends_and_skips(tmp_path):
+    table = ResultsTable(tmp_path / "r.jsonl")
+    key = run_key(method="wanda", sparsity=0.5)
+    assert not table.done(key)
+    table.append(model="m", method="wanda", metric="perplexity", value=torch.tensor(3.5),
+                 settings={"sparsity": 0.5}, protocol={"seq_len": 8}, key=key)
+    assert table.done(key)
+    record = table.records()[0]
+    assert record["value"] == 3.5 and record["versions"]["torch"] and record["time"]
+    frame = table.frame()
+    assert frame.loc[0, "settings.sparsity"] == 0.5
+
+
+@needs_data
+@pytest.mark.slow
+def test_packaged_smollm2_loads_and_predicts_text(tmp_path):
+    model, tokenizer = load_model("smollm2-135m")
+    assert model.config.num_hidden_layers == 30
+    windows = evaluation_windows(tokenizer, seq_len=128, max_windows=2)
+    from helpers.metrics import perplexity
+    ppl = perplexity(model, windows, progress=False)
+    assert 5 < ppl < 100  # a real LM on Wikipedia text; random weights would give ~49k
+
+
+@needs_data
+def test_cli_eval_prints_perplexity_and_records(tmp_path):
+    results = tmp_path / "results.jsonl"
+    out = subprocess.run([sys.executable, "-m", "helpers", "eval", "--model", "tiny-llama", "--seq-len", "64",
+                          "--max-windows", "2", "--results", str(results), "--no-progress"],
+                         capture_output=True, text=True, check=True)
+    assert "perplexity=" in out.stdout
+    record = json.loads(results.read_text().splitlines()[0])
+    assert record["protocol"]["seq_len"] == 64 and record["metric"] == "perplexity"
+    bad = subprocess.run([sys.executable, "-m", "helpers", "eval", "--model", "tiny-llama", "--seq-len", "1"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "seq_len=1" in bad.stderr

@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+from helpers.engine import NoCompression, block_outputs, capture_block_inputs, input_hooks, run_layerwise
+from helpers.models import decoder_layers, linear_layers, linear_weight
+from helpers.stats import HessianCollector
+
+
+def _plain_block_outputs(model, tokens):
+    outputs, handles = [], []
+    for block in decoder_layers(model):
+        handles.append(block.register_forward_hook(
+            lambda _m, _a, out: outputs.append(out[0] if isinstance(out, tuple) else out)))
+    try:
+        model.base_model(input_ids=tokens, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs
+
+
+def test_engine_block_outputs_equal_plain_forward(tiny, tokens):
+    model, _ = tiny
+    engine = block_outputs(model, tokens, batch_size=3)  # batches of 3 and 1: batching must not matter
+    plain = _plain_block_outputs(model, tokens)
+    assert len(engine) == len(plain) == len(decoder_layers(model))
+    for ours, reference in zip(engine, plain):
+        torch.testing.assert_close(ours, reference, rtol=0, atol=1e-6)
+
+
+def test_capture_records_arguments_per_block(tiny, tokens):
+    model, _ = tiny
+    captured = capture_block_inputs(model, tokens, batch_size=2)
+    assert len(captured.hidden) == 2 and captured.hidden[0].shape[:2] == (2, tokens.shape[1])
+    assert len(captured.arguments) == len(decoder_layers(model))
+    assert all(len(per_block) == 2 for per_block in captured.arguments)
+    # the recorders are gone again and the model still runs
+    assert all(type(b).__name__ != "_Recorder" for b in decoder_layers(model))
+
+
+def test_gemma3_blocks_get_their_own_masks(tokens):
+    from helpers.models import load_model
+    model, _ = load_model("tiny-gemma3", layers=2)
+    long_tokens = torch.randint(0, 256, (1, 40))  # longer than the sliding window of 16
+    captured = capture_block_inputs(model, long_tokens)
+    sliding = captured.arguments[0][0][1]["attention_mask"]
+    full = captured.arguments[1][0][1]["attention_mask"]
+    assert isinstance(sliding, torch.Tensor)
+    assert full is None or not torch.equal(sliding, full)
+
+
+class _RecordingMethod:
+    """Zeroes the first input column of every linear; records the Hessians it was given."""
+
+    def __init__(self):
+        self.tokens = {}
+
+    def collector(self, name, linear):
+        return HessianCollector(linear_weight(linear).shape[1])
+
+    def compress(self, name, linear, collector):
+        self.tokens[name] = collector.tokens
+        with torch.no_grad():
+            linear_weight(linear)[:, 0] = 0
+        return {"seen_tokens": collector.tokens}
+
+
+def test_run_layerwise_visits_every_linear_once(tiny_llama, tokens):
+    model, _ = tiny_llama
+    method = _RecordingMethod()
+    report = run_layerwise(model, tokens, method, batch_size=2, progress=False)
+    expected = {f"model.layers.{i}.{n}" for i, b in enumerate(decoder_layers(model)) for n in linear_layers(b)}
+    assert set(report.layers) == expected
+    assert set(method.tokens.values()) == {tokens.numel()}
+    for name in expected:
+        module = model.get_submodule(name)
+        assert torch.all(linear_weight(module)[:, 0] == 0)
+
+
+def test_no_compression_changes_nothing(tiny_llama, tokens):
+    model, _ = tiny_llama
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run_layerwise(model, tokens, NoCompression(), progress=False)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_hooks_are_removed_even_on_error(tiny_llama, tokens):
+    model, _ = tiny_llama
+    linears = linear_layers(decoder_layers(model)[0])
+
+    def fail(name, inputs):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with input_hooks(linears, fail):
+            model(tokens)
+    assert all(not m._forward_pre_hooks for m in linears.values())
+    model(tokens)  # runs without the failing hook

@@ -1,0 +1,81 @@
+import math
+
+import torch
+
+from helpers.metrics import (DenseReference, evaluate, final_hidden, kl_from_hidden, kl_unchunked,
+                             log_probs, sparsity_report, token_nll)
+from helpers.stats import HessianCollector, InputNormCollector
+
+
+def test_kl_of_a_model_with_itself_is_exactly_zero(tiny, tokens):
+    model, _ = tiny
+    reference = DenseReference(model, tokens, progress=False)
+    result = evaluate(model, tokens, reference, progress=False)
+    assert result.kl.shape == tokens.shape
+    assert torch.count_nonzero(result.kl) == 0
+    assert math.isclose(result.perplexity, reference.perplexity, rel_tol=1e-12)
+
+
+def test_chunked_kl_equals_unchunked(tiny_llama, tokens):
+    model, _ = tiny_llama
+    hidden_p = final_hidden(model, tokens[:1])[0]
+    hidden_q = hidden_p + 0.3 * torch.randn_like(hidden_p)
+    head = model.get_output_embeddings()
+    expected = kl_unchunked(head(hidden_p), head(hidden_q))
+    for chunk in (1, 5, 16, 1000):
+        torch.testing.assert_close(kl_from_hidden(model, hidden_p, hidden_q, chunk=chunk), expected,
+                                   rtol=1e-5, atol=1e-6)
+    assert torch.all(expected > 0)
+
+
+def test_chunked_nll_matches_cross_entropy(tiny_llama, tokens):
+    model, _ = tiny_llama
+    window = tokens[0]
+    logits = model(window[None]).logits[0]
+    expected = torch.nn.functional.cross_entropy(logits[:-1], window[1:], reduction="none")
+    hidden = final_hidden(model, window[None])[0]
+    for chunk in (3, 7, 64):
+        torch.testing.assert_close(token_nll(model, hidden, window, chunk=chunk), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_perplexity_of_uniform_model_is_vocab_size(tiny_llama, tokens):
+    model, _ = tiny_llama
+    with torch.no_grad():
+        model.get_output_embeddings().weight.zero_()  # tied head: every logit is 0
+    result = evaluate(model, tokens, progress=False)
+    assert math.isclose(result.perplexity, model.config.vocab_size, rel_tol=1e-5)
+
+
+def test_log_probs_apply_softcapping(tiny_llama):
+    model, _ = tiny_llama
+    hidden = torch.randn(3, model.config.hidden_size) * 50
+    plain = log_probs(model, hidden)
+    model.config.final_logit_softcapping = 1.0
+    capped = log_probs(model, hidden)
+    assert not torch.allclose(plain, capped)
+    assert torch.all(capped.exp().max(-1).values < plain.exp().max(-1).values + 1e-6)
+
+
+def test_sparsity_report_counts_only_decoder_linears(tiny_llama):
+    model, _ = tiny_llama
+    report = sparsity_report(model)
+    assert report["total"] == 0
+    first = next(iter(report["layers"]))
+    with torch.no_grad():
+        model.get_submodule(first).weight[:, ::2] = 0
+        model.get_input_embeddings().weight.zero_()
+    report = sparsity_report(model)
+    assert report["layers"][first] == 0.5
+    assert 0 < report["total"] < 0.5
+    assert not any("embed" in name or "lm_head" in name for name in report["layers"])
+
+
+def test_collectors_match_closed_forms():
+    x = torch.randn(3, 10, 6)
+    hessian, norms = HessianCollector(6), InputNormCollector(6)
+    for batch in x.split(1):
+        hessian.add_batch(batch)
+        norms.add_batch(batch)
+    flat = x.reshape(-1, 6)
+    torch.testing.assert_close(hessian.hessian(), 2 * flat.t() @ flat / 30)
+    torch.testing.assert_close(norms.norms(), flat.norm(dim=0))
