@@ -1,0 +1,94 @@
+"""One look for every figure, and every figure saved beside the tidy table it was drawn from.
+
+    setup_style()                                   # once, at the top of a notebook
+    ax.set_title(caption(model, protocol, date))    # what was measured, how, and when
+    save_figure(fig, "01_pruning_ppl", output_dir, table, finding="...", protocol=protocol)
+
+`save_figure` writes `<name>.png`, `<name>.csv` (the rows the figure shows) and, when a finding is
+given, `<name>.md`: one markdown line that `python -m helpers.reproduce` gathers into
+figures/SUMMARY.md.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any
+
+DPI = 150
+PALETTE = "colorblind"
+
+
+def setup_style() -> None:
+    """Seaborn's white grid, the colour-blind palette and a figure size that reads on a laptop."""
+    import matplotlib as mpl
+    import seaborn as sns
+
+    sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE)
+    mpl.rcParams.update({
+        "figure.figsize": (6.4, 4.0),
+        "figure.dpi": 100,
+        "savefig.dpi": DPI,
+        "savefig.bbox": "tight",
+        "axes.titlesize": "medium",
+        "axes.titlelocation": "left",
+        "legend.frameon": False,
+    })
+
+
+def describe_protocol(protocol: Any) -> str:
+    """A protocol dict (or string) as one short line: `dataset=wikitext2, seq_len=512, ...`."""
+    if protocol is None:
+        return ""
+    if isinstance(protocol, dict):
+        return ", ".join(f"{key}={value}" for key, value in protocol.items() if value is not None)
+    return str(protocol)
+
+
+def caption(model: str, protocol: Any, date: str | _dt.date | None = None) -> str:
+    """Figure title naming the model, the protocol and the date of the run (today by default)."""
+    if date is None:
+        date = _dt.date.today()
+    if isinstance(date, (_dt.date, _dt.datetime)):
+        date = date.strftime("%Y-%m-%d")
+    return f"{model} | {describe_protocol(protocol)} | {date}"
+
+
+def save_figure(fig, name: str, output_dir: str | Path, table, *, finding: str | None = None,
+                protocol: Any = None) -> Path:
+    """Write `<output_dir>/<name>.png` and beside it `<name>.csv`, the tidy table it was drawn from.
+
+    `table` is the DataFrame the figure was drawn from, or the path of a results table
+    (`.jsonl` from helpers.results.ResultsTable, or `.csv`), copied as CSV. With `finding`
+    (one sentence: what the figure shows) a `<name>.md` line is written for figures/SUMMARY.md.
+    Returns the PNG's path.
+    """
+    import pandas as pd
+
+    if not name or "/" in name or name.endswith(".png"):
+        raise ValueError(f"figure name={name!r}; expected a bare name such as '00_quickstart_kl' "
+                         "(no folder, no extension).")
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(table, (str, Path)):
+        path = Path(table)
+        if path.suffix == ".jsonl":
+            from .results import ResultsTable
+            frame = ResultsTable(path).frame()
+        elif path.suffix == ".csv":
+            frame = pd.read_csv(path)
+        else:
+            raise ValueError(f"table={str(path)!r}: expected a DataFrame, a .jsonl results table or a .csv file.")
+    elif isinstance(table, pd.DataFrame):
+        frame = table
+    else:
+        raise ValueError(f"table is a {type(table).__name__}; expected the DataFrame the figure was drawn "
+                         "from or the path of a results table.")
+    png = folder / f"{name}.png"
+    fig.savefig(png)
+    frame.to_csv(folder / f"{name}.csv", index=False)
+    if finding:
+        line = " ".join(finding.split())
+        if protocol is not None:
+            line += f" *Protocol:* {describe_protocol(protocol)}."
+        (folder / f"{name}.md").write_text(line + "\n", encoding="utf-8")
+    return png

@@ -1,0 +1,307 @@
+"""Re-run every notebook in one profile and rebuild figures/SUMMARY.md.
+
+    python -m helpers.reproduce --profile tiny                 # seconds per notebook, random tiny model
+    python -m helpers.reproduce --profile cpu --inplace        # what `make reproduce` runs
+    python -m helpers.reproduce --profile paper --only 02      # a hub model on a GPU
+
+Profiles:
+- `tiny`: a random-weight tiny model and very short contexts; checks that the code runs (CI).
+- `cpu`: each notebook's own defaults (its `parameters` cell); the committed outputs and figures.
+- `paper`: the paper-scale settings, a hub model on cuda (needs a network or a local copy).
+
+A notebook's parameters per profile live in PROFILES below: add your notebook's entry there (keyed
+by its file name without `.ipynb`). Every profile also passes `profile=<name>` to notebooks that
+declare a `profile` parameter; parameters equal to the notebook's own defaults are not injected.
+
+Where things go: notebooks run with their working directory at `<root>/notebooks`, so the relative
+paths of their parameters (`../figures`, `../results/...`) land in `<root>/figures` and
+`<root>/results`. `<root>` is the repository with `--inplace` (cpu only: figures/ and the committed
+notebooks are refreshed) and the output directory otherwise (default `build/<profile>`), so a tiny
+or paper run never overwrites the committed figures. The executed notebook always goes to
+`<output-dir>/notebooks/`; with `--inplace` it is also copied over the source notebook.
+
+A notebook is skipped (unless --redo) when its executed copy was made from the same code and
+parameters as now (a digest of the code cells stored in the copy's metadata: file times are not
+kept by git checkouts) and its `results_path`, if it declares one, holds results.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_NAME = re.compile(r"^\d\d_.+\.ipynb$")
+PROFILE_NAMES = ("tiny", "cpu", "paper")
+
+# Per-notebook parameters for each profile; `cpu` is normally empty (the notebook's own defaults).
+# A notebook without an entry gets only {"profile": name}. Tiny runs must finish in about 2 minutes
+# on 2 CPU cores: tiny-<family> models, contexts of tens of tokens, one or two windows.
+PROFILES: dict[str, dict[str, dict]] = {
+    "00_quickstart": {
+        "tiny": {"model": "tiny-llama", "seq_len": 64, "max_windows": 2},
+        "cpu": {},
+        "paper": {"model": "meta-llama/Llama-2-7b-hf", "dtype": "float16", "device": "cuda",
+                  "seq_len": 4096, "max_windows": 40},
+    },
+}
+
+
+# --------------------------------------------------------------------------- notebooks and parameters
+def find_notebooks(folder: Path, only: list[str] | None = None) -> list[Path]:
+    """notebooks/NN_*.ipynb in order; `only` keeps those whose name starts with one of the given names."""
+    found = sorted(p for p in Path(folder).glob("*.ipynb") if NOTEBOOK_NAME.match(p.name))
+    if only:
+        found = [p for p in found if any(p.stem == o or p.stem.startswith(o) or p.name == o for o in only)]
+        if not found:
+            raise ValueError(f"--only {only} matches no notebook in {folder}; expected a name such as "
+                             f"'00_quickstart' or a prefix such as '00'.")
+    return found
+
+
+def notebook_defaults(notebook: Path) -> dict:
+    """The values of the notebook's `parameters` cell (literals only; others are left out)."""
+    import papermill
+
+    defaults = {}
+    for name, parameter in papermill.inspect_notebook(str(notebook)).items():
+        try:
+            defaults[name] = ast.literal_eval(parameter["default"])
+        except (ValueError, SyntaxError):
+            continue
+    return defaults
+
+
+def profile_parameters(notebook: Path, profile: str) -> dict:
+    """Parameters to inject for `profile`: PROFILES' entry plus `profile`, minus the notebook's defaults."""
+    if profile not in PROFILE_NAMES:
+        raise ValueError(f"profile={profile!r}; expected one of {PROFILE_NAMES}.")
+    wanted = {**PROFILES.get(Path(notebook).stem, {}).get(profile, {}), "profile": profile}
+    defaults = notebook_defaults(notebook)
+    if "profile" not in defaults:
+        wanted.pop("profile")
+    return {k: v for k, v in wanted.items() if k not in defaults or defaults[k] != v}
+
+
+def code_digest(notebook: Path, parameters: dict) -> str:
+    """sha256 of the notebook's code cells (not outputs, not markdown) and the injected parameters."""
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    digest = hashlib.sha256(json.dumps(parameters, sort_keys=True, default=str).encode())
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "injected-parameters" not in cell.metadata.get("tags", []):
+            digest.update(cell.source.encode())
+    return digest.hexdigest()
+
+
+def _results_recorded(notebook: Path, parameters: dict, cwd: Path) -> bool:
+    results = parameters.get("results_path", notebook_defaults(notebook).get("results_path"))
+    if not results:
+        return True
+    path = cwd / results
+    return path.exists() and path.stat().st_size > 0
+
+
+def is_up_to_date(notebook: Path, output: Path, parameters: dict, cwd: Path) -> bool:
+    if not output.exists():
+        return False
+    import nbformat
+
+    recorded = nbformat.read(str(output), as_version=4).metadata.get("reproduce", {})
+    return (recorded.get("digest") == code_digest(notebook, parameters) and not recorded.get("failed")
+            and _results_recorded(notebook, parameters, cwd))
+
+
+# --------------------------------------------------------------------------- execution
+def _scrub(value, replacements: list[tuple[str, str]]):
+    """Replace machine-specific path prefixes in every string of a notebook (outputs and metadata)."""
+    if isinstance(value, str):
+        for old, new in replacements:
+            value = value.replace(old, new)
+        return value
+    if isinstance(value, list):
+        return [_scrub(v, replacements) for v in value]
+    if isinstance(value, dict):
+        return type(value)({k: _scrub(v, replacements) for k, v in value.items()})
+    return value
+
+
+def scrub_paths(nb, root: Path = REPO_ROOT):
+    """The notebook with the repository path made relative and the home folder written as ~."""
+    import nbformat
+
+    home = str(Path.home())
+    replacements = [(str(root) + os.sep, ""), (str(root), ".")]
+    if home not in ("/", ""):
+        replacements.append((home, "~"))
+    return nbformat.from_dict(_scrub(nbformat.from_dict(nb), replacements))
+
+
+def execute(notebook: Path, output: Path, parameters: dict, cwd: Path, *, profile: str = "custom",
+            timeout: int | None = None) -> None:
+    """Run one notebook with papermill; the executed copy records how it was made (even on failure)."""
+    import nbformat
+    import papermill
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    cwd.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    error = None
+    try:
+        papermill.execute_notebook(str(notebook), str(output), parameters=parameters, cwd=str(cwd),
+                                   progress_bar=False, execution_timeout=timeout)
+    except Exception as err:  # noqa: BLE001 - recorded, then raised again
+        error = err
+    if output.exists():
+        nb = scrub_paths(nbformat.read(str(output), as_version=4))
+        nb.metadata["reproduce"] = {"profile": profile, "parameters": parameters,
+                                    "digest": code_digest(notebook, parameters),
+                                    "seconds": round(time.perf_counter() - started, 1), "failed": error is not None}
+        nbformat.write(nb, str(output))
+    if error is not None:
+        raise error
+
+
+@dataclass
+class Outcome:
+    notebook: str
+    status: str            # "ran" | "skipped" | "failed"
+    seconds: float = 0.0
+    error: str = ""
+    output: Path | None = None
+    parameters: dict = field(default_factory=dict)
+
+
+def reproduce(profile: str, *, only: list[str] | None = None, redo: bool = False,
+              output_dir: Path | None = None, inplace: bool = False,
+              notebooks_dir: Path | None = None, repo_root: Path = REPO_ROOT,
+              log=print) -> list[Outcome]:
+    """Run the notebooks of `notebooks_dir` in `profile`; one failure does not stop the others."""
+    if inplace and profile != "cpu":
+        raise ValueError(f"--inplace writes into the committed notebooks, which carry the cpu profile's "
+                         f"outputs; it cannot be used with --profile {profile}.")
+    repo_root = Path(repo_root).resolve()
+    notebooks_dir = Path(notebooks_dir or repo_root / "notebooks").resolve()
+    output_dir = Path(output_dir or repo_root / "build" / profile).resolve()
+    run_root = repo_root if inplace else output_dir
+    cwd = run_root / "notebooks"
+    notebooks = find_notebooks(notebooks_dir, only)
+    outcomes = []
+    total = time.perf_counter()
+    log(f"reproduce: profile={profile}, {len(notebooks)} notebook(s), executed copies in "
+        f"{_relative(output_dir / 'notebooks', repo_root)}, figures in {_relative(run_root / 'figures', repo_root)}")
+    for index, notebook in enumerate(notebooks, 1):
+        output = output_dir / "notebooks" / notebook.name
+        prefix = f"[{index}/{len(notebooks)}] {notebook.stem}"
+        try:
+            parameters = profile_parameters(notebook, profile)
+        except Exception as err:  # noqa: BLE001 - an unreadable notebook is one failure among others
+            outcomes.append(Outcome(notebook.stem, "failed", error=f"{type(err).__name__}: {err}"))
+            log(f"{prefix}: FAILED to read its parameters: {err}")
+            continue
+        if not redo and is_up_to_date(notebook, output, parameters, cwd):
+            outcomes.append(Outcome(notebook.stem, "skipped", output=output, parameters=parameters))
+            log(f"{prefix}: up to date, skipped (--redo to run it anyway)")
+            continue
+        log(f"{prefix}: running with {parameters or 'its defaults'} ...")
+        started = time.perf_counter()
+        try:
+            execute(notebook, output, parameters, cwd, profile=profile)
+        except Exception as err:  # noqa: BLE001 - report at the end, go on with the next notebook
+            seconds = time.perf_counter() - started
+            message = _short_error(err)
+            outcomes.append(Outcome(notebook.stem, "failed", seconds, message, output, parameters))
+            log(f"{prefix}: FAILED after {seconds:.0f} s: {message}")
+            continue
+        seconds = time.perf_counter() - started
+        if inplace:
+            shutil.copyfile(output, notebook)
+        outcomes.append(Outcome(notebook.stem, "ran", seconds, output=output, parameters=parameters))
+        log(f"{prefix}: done in {seconds:.0f} s")
+    summary = write_summary(run_root / "figures", profile)
+    failed = [o for o in outcomes if o.status == "failed"]
+    log(f"reproduce: {sum(o.status == 'ran' for o in outcomes)} ran, "
+        f"{sum(o.status == 'skipped' for o in outcomes)} skipped, {len(failed)} failed "
+        f"in {time.perf_counter() - total:.0f} s; summary in {_relative(summary, repo_root)}")
+    for outcome in failed:
+        where = f" (see {_relative(outcome.output, repo_root)})" if outcome.output and outcome.output.exists() else ""
+        log(f"  FAILED {outcome.notebook}: {outcome.error}{where}")
+    return outcomes
+
+
+def _short_error(err: Exception) -> str:
+    name = getattr(err, "ename", None) or type(err).__name__
+    value = getattr(err, "evalue", None) or str(err)
+    lines = [line for line in str(value).splitlines() if line.strip()]
+    return f"{name}: {lines[-1] if lines else ''}"[:300]
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+# --------------------------------------------------------------------------- figures/SUMMARY.md
+def write_summary(figures_dir: Path, profile: str) -> Path:
+    """figures/SUMMARY.md: every PNG in the folder with its one-line finding (from `<name>.md`)."""
+    figures_dir = Path(figures_dir)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    lines = ["# Figures", "",
+             f"Made by `python -m helpers.reproduce --profile {profile}` "
+             f"({_dt.date.today().isoformat()}). Each figure's data is the CSV beside it; each line is the "
+             "finding its notebook wrote (`helpers.plotting.save_figure(..., finding=...)`).", ""]
+    pngs = sorted(figures_dir.glob("*.png"))
+    for png in pngs:
+        note = png.with_suffix(".md")
+        finding = note.read_text(encoding="utf-8").strip() if note.exists() else \
+            "*No finding recorded: pass `finding=` to `helpers.plotting.save_figure`.*"
+        table = f" ([data]({png.with_suffix('.csv').name}))" if png.with_suffix(".csv").exists() else ""
+        lines.append(f"- [{png.name}]({png.name}){table}: {finding}")
+    if not pngs:
+        lines.append("*No figures yet.*")
+    path = figures_dir / "SUMMARY.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m helpers.reproduce", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", choices=PROFILE_NAMES, default="cpu",
+                        help="tiny: seconds, random tiny model; cpu: the notebooks' defaults; paper: GPU scale")
+    parser.add_argument("--only", action="append", metavar="NAME",
+                        help="run only this notebook (name or prefix such as 02); repeatable")
+    parser.add_argument("--redo", action="store_true", help="run notebooks even when their outputs are up to date")
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help="where executed notebooks go (default build/<profile>)")
+    parser.add_argument("--inplace", action="store_true",
+                        help="cpu only: also write the executed notebooks over notebooks/ and figures into figures/")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars are noise in executed notebooks
+    try:
+        outcomes = reproduce(args.profile, only=args.only, redo=args.redo, output_dir=args.output_dir,
+                             inplace=args.inplace)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
