@@ -1,0 +1,259 @@
+"""Typed compression recipes, the method registry, and `compress_model`.
+
+A method is a small class over ONE layer (the engine drives it block by block):
+    collector(name, linear) -> statistics collector or None
+    compress(name, linear, collector) -> per-layer report (dict)
+Adding a method = one class + one entry in METHODS.
+
+    recipe = Recipe(method="sparsegpt", sparsity=0.5, pattern="2:4")
+    report = compress_model(model, recipe, tokenizer=tokenizer)
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from .data import CalibrationSettings, calibration_samples
+from .engine import run_layerwise
+from .models import compressed_linears, linear_weight, set_linear_weight
+from .obs import CholeskyFailure, obs_solve
+from .pruning import Pattern, check_sparsity, magnitude_mask, random_mask, wanda_mask
+from .quantizer import GridQuantizer, QuantSettings, rtn
+from .stats import HessianCollector, InputNormCollector
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One compression step. `sparsity` is one value for every layer or a {layer name: sparsity} map."""
+    method: str
+    sparsity: float | Mapping[str, float] = 0.0
+    pattern: str = "unstructured"
+    quant: QuantSettings | None = None
+    damping: float = 0.01
+    block_size: int = 128
+    seed: int = 0
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r} is not known; expected one of {sorted(METHODS)}.")
+        pattern = Pattern.parse(self.pattern)
+        if isinstance(self.sparsity, Mapping):
+            for name, value in self.sparsity.items():
+                check_sparsity(value, f"sparsity[{name!r}]")
+        else:
+            check_sparsity(self.sparsity)
+        if pattern.structured and self.block_size % pattern.m:
+            raise ValueError(f"block_size={self.block_size} is not divisible by M={pattern.m} of pattern "
+                             f"{self.pattern!r}; use a multiple of {pattern.m} (128 is the default).")
+        if self.damping <= 0:
+            raise ValueError(f"damping={self.damping!r}; expected a positive fraction of mean(diag H), e.g. 0.01.")
+        if METHODS[self.method].needs_quant and self.quant is None:
+            raise ValueError(f"method {self.method!r} needs quant=QuantSettings(bits=...).")
+
+    @property
+    def parsed_pattern(self) -> Pattern:
+        return Pattern.parse(self.pattern)
+
+    def sparsity_for(self, name: str) -> float:
+        if self.parsed_pattern.structured:
+            return self.parsed_pattern.sparsity
+        if isinstance(self.sparsity, Mapping):
+            if name not in self.sparsity:
+                raise ValueError(f"the per-layer sparsity map has no entry for layer {name!r}; "
+                                 "give every compressed linear a value (see helpers.models.compressed_linears).")
+            return float(self.sparsity[name])
+        return float(self.sparsity)
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        if isinstance(self.sparsity, Mapping):
+            values = list(self.sparsity.values())
+            out["sparsity"] = {"per_layer": True, "mean": sum(values) / len(values)}
+        return out
+
+    @property
+    def needs_calibration(self) -> bool:
+        return METHODS[self.method].needs_calibration
+
+
+# --------------------------------------------------------------------------- methods over one layer
+class LayerMethod:
+    needs_calibration = False
+    needs_quant = False
+    modifies_weights = True
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+
+    def collector(self, name: str, linear: nn.Module):
+        return None
+
+    def compress(self, name: str, linear: nn.Module, collector) -> dict:
+        start = time.perf_counter()
+        weight = linear_weight(linear).detach()
+        new_weight, info = self.compress_weight(name, weight, collector)
+        set_linear_weight(linear, new_weight)
+        info.setdefault("achieved_sparsity", float((linear_weight(linear) == 0).float().mean()))
+        info["seconds"] = time.perf_counter() - start
+        return info
+
+    def compress_weight(self, name: str, weight: torch.Tensor, collector) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+
+class Magnitude(LayerMethod):
+    def compress_weight(self, name, weight, collector):
+        sparsity = self.recipe.sparsity_for(name)
+        mask = magnitude_mask(weight, sparsity, self.recipe.parsed_pattern)
+        return weight.masked_fill(mask, 0), {"target_sparsity": sparsity}
+
+
+class RandomPruning(LayerMethod):
+    def compress_weight(self, name, weight, collector):
+        sparsity = self.recipe.sparsity_for(name)
+        mask = random_mask(weight, sparsity, self.recipe.parsed_pattern, seed=self.recipe.seed, name=name)
+        return weight.masked_fill(mask, 0), {"target_sparsity": sparsity}
+
+
+class Wanda(LayerMethod):
+    needs_calibration = True
+
+    def collector(self, name, linear):
+        return InputNormCollector(linear_weight(linear).shape[1], device=linear.weight.device)
+
+    def compress_weight(self, name, weight, collector):
+        sparsity = self.recipe.sparsity_for(name)
+        mask = wanda_mask(weight, collector.norms(), sparsity, self.recipe.parsed_pattern)
+        return weight.masked_fill(mask, 0), {"target_sparsity": sparsity}
+
+
+class RoundToNearest(LayerMethod):
+    needs_quant = True
+
+    def compress_weight(self, name, weight, collector):
+        self.recipe.quant.check_columns(weight.shape[1], name)
+        return rtn(weight, self.recipe.quant), {"bits": self.recipe.quant.bits}
+
+
+class OBSMethod(LayerMethod):
+    """SparseGPT and GPTQ: the same OBS column loop with a mask rule and/or a quantizer."""
+    needs_calibration = True
+
+    def collector(self, name, linear):
+        return HessianCollector(linear_weight(linear).shape[1], device=linear.weight.device)
+
+    def sparsity(self, name) -> float:
+        return 0.0
+
+    def compress_weight(self, name, weight, collector):
+        recipe, quant = self.recipe, self.recipe.quant
+        if quant is not None:
+            quant.check_columns(weight.shape[1], name)
+        sparsity, pattern = self.sparsity(name), self.recipe.parsed_pattern
+        hessian = collector.hessian()
+        permutation = None
+        if quant is not None and quant.act_order:
+            permutation = torch.argsort(torch.diag(hessian), descending=True)
+            weight, hessian = weight[:, permutation], hessian[permutation][:, permutation]
+        quantizer = GridQuantizer(quant, permutation) if quant is not None else None
+        info = {"target_sparsity": sparsity}
+        try:
+            result = obs_solve(weight, hessian, sparsity=sparsity, prune_n=pattern.n if sparsity else 0,
+                               prune_m=pattern.m if sparsity else 0, quantizer=quantizer,
+                               block_size=recipe.block_size, damping=recipe.damping)
+            new_weight = result.weight
+            info.update(obs_error=result.error, damping=result.damping, dead_columns=result.dead_columns,
+                        warnings=result.warnings)
+        except CholeskyFailure as err:
+            message = (f"{name}: {err}; fell back to "
+                       f"{'magnitude pruning' if sparsity else ''}{' + ' if sparsity and quant else ''}"
+                       f"{'round-to-nearest' if quant else ''} for this layer")
+            warnings.warn(message)
+            new_weight = weight.float()
+            if sparsity:
+                new_weight = new_weight.masked_fill(magnitude_mask(new_weight, sparsity, pattern), 0)
+            if quant is not None:
+                kept = new_weight != 0
+                new_weight = rtn(new_weight, quant) * kept if sparsity else rtn(new_weight, quant)
+            info.update(fallback=True, warnings=[message])
+        if permutation is not None:
+            new_weight = new_weight[:, torch.argsort(permutation)]
+        return new_weight, info
+
+
+class SparseGPT(OBSMethod):
+    def sparsity(self, name):
+        return self.recipe.sparsity_for(name)
+
+
+class GPTQ(OBSMethod):
+    needs_quant = True
+
+
+METHODS: dict[str, type[LayerMethod]] = {
+    "magnitude": Magnitude,
+    "random": RandomPruning,
+    "wanda": Wanda,
+    "sparsegpt": SparseGPT,
+    "rtn": RoundToNearest,
+    "gptq": GPTQ,
+}
+
+
+# --------------------------------------------------------------------------- whole model
+@dataclass
+class CompressionReport:
+    recipe: dict
+    layers: dict[str, dict]
+    achieved_sparsity: float
+    seconds: float
+    seconds_calibration_forward: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        errors = [v["obs_error"] for v in self.layers.values() if "obs_error" in v]
+        return {"achieved_sparsity": self.achieved_sparsity, "seconds": self.seconds,
+                "total_obs_error": sum(errors) if errors else None, "warnings": len(self.warnings)}
+
+
+def compress_model(model: nn.Module, recipe: Recipe, *, tokenizer=None, calibration_ids: torch.Tensor | None = None,
+                   device: str | torch.device | None = None, batch_size: int = 8,
+                   progress: bool = True) -> CompressionReport:
+    """Compress every decoder-block linear of `model` in place according to `recipe`."""
+    start = time.perf_counter()
+    method = METHODS[recipe.method](recipe)
+    linears = compressed_linears(model)
+    if isinstance(recipe.sparsity, Mapping):
+        missing = set(linears) - set(recipe.sparsity)
+        if missing:
+            raise ValueError(f"the per-layer sparsity map misses {len(missing)} layers, e.g. {sorted(missing)[:3]}.")
+    if recipe.quant is not None:
+        for name, linear in linears.items():
+            recipe.quant.check_columns(linear_weight(linear).shape[1], name)
+    if recipe.needs_calibration:
+        if calibration_ids is None:
+            if tokenizer is None:
+                raise ValueError(f"method {recipe.method!r} needs calibration data: pass tokenizer= (to sample "
+                                 "recipe.calibration) or calibration_ids=.")
+            calibration_ids = calibration_samples(tokenizer, recipe.calibration)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            engine = run_layerwise(model, calibration_ids, method, device=device, batch_size=batch_size,
+                                   progress=progress)
+        layers = engine.layers
+        messages = [str(w.message) for w in caught]
+    else:
+        layers = {}
+        for name, linear in linears.items():
+            layers[name] = method.compress(name, linear, None)
+        messages = []
+    zeros = sum(int((linear_weight(m) == 0).sum()) for m in linears.values())
+    total = sum(linear_weight(m).numel() for m in linears.values())
+    return CompressionReport(recipe=recipe.as_dict(), layers=layers, achieved_sparsity=zeros / total,
+                             seconds=time.perf_counter() - start, warnings=messages)
