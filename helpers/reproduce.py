@@ -148,8 +148,11 @@ def scrub_paths(nb, root: Path = REPO_ROOT):
 
 
 def execute(notebook: Path, output: Path, parameters: dict, cwd: Path, *, profile: str = "custom",
-            timeout: int | None = None) -> None:
-    """Run one notebook with papermill; the executed copy records how it was made (even on failure)."""
+            timeout: int | None = None, root: Path = REPO_ROOT) -> None:
+    """Run one notebook with papermill; the executed copy records how it was made (even on failure).
+
+    Paths under `root` in the executed copy are made relative to it (see `scrub_paths`).
+    """
     import nbformat
     import papermill
 
@@ -163,7 +166,7 @@ def execute(notebook: Path, output: Path, parameters: dict, cwd: Path, *, profil
     except Exception as err:  # noqa: BLE001 - recorded, then raised again
         error = err
     if output.exists():
-        nb = scrub_paths(nbformat.read(str(output), as_version=4))
+        nb = scrub_paths(nbformat.read(str(output), as_version=4), root)
         nb.metadata["reproduce"] = {"profile": profile, "parameters": parameters,
                                     "digest": code_digest(notebook, parameters),
                                     "seconds": round(time.perf_counter() - started, 1), "failed": error is not None}
@@ -216,7 +219,7 @@ def reproduce(profile: str, *, only: list[str] | None = None, redo: bool = False
         log(f"{prefix}: running with {parameters or 'its defaults'} ...")
         started = time.perf_counter()
         try:
-            execute(notebook, output, parameters, cwd, profile=profile)
+            execute(notebook, output, parameters, cwd, profile=profile, root=repo_root)
         except Exception as err:  # noqa: BLE001 - report at the end, go on with the next notebook
             seconds = time.perf_counter() - started
             message = _short_error(err)

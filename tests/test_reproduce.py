@@ -1,0 +1,128 @@
+"""helpers.reproduce on small synthetic notebooks: parameters per profile, failures, skipping, SUMMARY.md."""
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from helpers import reproduce as rp
+
+METADATA = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+            "language_info": {"name": "python"}}
+
+
+def write_notebook(path: Path, *cells: str, parameters: str = 'profile = "cpu"\nvalue = 1') -> Path:
+    nb = new_notebook(metadata=METADATA, cells=[
+        new_markdown_cell("# a test notebook"),
+        new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+        *(new_code_cell(source) for source in cells)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(path))
+    return path
+
+
+WRITES_RESULTS = '''
+from pathlib import Path
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+from helpers.plotting import save_figure
+Path(results_path).parent.mkdir(parents=True, exist_ok=True)
+Path(results_path).write_text('{"value": %d}\\n' % value)
+fig, ax = plt.subplots()
+ax.plot([0, 1], [0, value])
+save_figure(fig, name, "../figures", pd.DataFrame({"x": [0, 1], "y": [0, value]}), finding=f"value is {value}.",
+            protocol={"profile": profile})
+'''
+
+
+def test_profile_parameters_inject_only_what_differs(tmp_path, monkeypatch):
+    notebook = write_notebook(tmp_path / "07_demo.ipynb", parameters='profile = "cpu"\nmodel = "smollm2-135m"\nseq_len = 512')
+    monkeypatch.setitem(rp.PROFILES, "07_demo", {"tiny": {"model": "tiny-llama", "seq_len": 512}})
+    assert rp.profile_parameters(notebook, "tiny") == {"model": "tiny-llama", "profile": "tiny"}
+    assert rp.profile_parameters(notebook, "cpu") == {}          # cpu = the notebook's own defaults
+    assert rp.profile_parameters(notebook, "paper") == {"profile": "paper"}
+    unknown = write_notebook(tmp_path / "08_other.ipynb", parameters="x = 1")
+    assert rp.profile_parameters(unknown, "tiny") == {}           # declares no `profile`: nothing injected
+    with pytest.raises(ValueError, match="profile="):
+        rp.profile_parameters(notebook, "huge")
+
+
+def test_find_notebooks_takes_numbered_ones_and_only(tmp_path):
+    for name in ("00_a.ipynb", "01_b.ipynb", "scratch.ipynb", "1_c.ipynb"):
+        write_notebook(tmp_path / name)
+    assert [p.name for p in rp.find_notebooks(tmp_path)] == ["00_a.ipynb", "01_b.ipynb"]
+    assert [p.name for p in rp.find_notebooks(tmp_path, ["01"])] == ["01_b.ipynb"]
+    with pytest.raises(ValueError, match="matches no notebook"):
+        rp.find_notebooks(tmp_path, ["09"])
+
+
+def test_inplace_is_for_the_cpu_profile_only(tmp_path):
+    with pytest.raises(ValueError, match="--inplace"):
+        rp.reproduce("tiny", inplace=True, notebooks_dir=tmp_path, repo_root=tmp_path)
+
+
+def test_scrub_paths_removes_the_repository_and_home(tmp_path):
+    nb = new_notebook(cells=[new_code_cell("x", outputs=[nbformat.v4.new_output(
+        "stream", name="stderr", text=f"{tmp_path}/.venv/lib/x.py:1: Warning\n{Path.home()}/.cache/y\n")])])
+    nb.metadata["papermill"] = {"input_path": str(tmp_path / "notebooks" / "00_a.ipynb")}
+    clean = rp.scrub_paths(nb, tmp_path)
+    text = nbformat.writes(clean)
+    assert str(tmp_path) not in text and str(Path.home()) + "/" not in text
+    assert clean.metadata.papermill.input_path == "notebooks/00_a.ipynb"
+
+
+def test_reproduce_runs_all_reports_failures_skips_up_to_date(tmp_path):
+    notebooks = tmp_path / "notebooks"
+    params = 'profile = "cpu"\nvalue = 1\nname = "fig_{}"\nresults_path = "../results/{}.jsonl"'
+    write_notebook(notebooks / "00_first.ipynb", WRITES_RESULTS, parameters=params.format("a", "a"))
+    write_notebook(notebooks / "01_broken.ipynb", "raise RuntimeError('this notebook is broken')")
+    write_notebook(notebooks / "02_last.ipynb", WRITES_RESULTS, parameters=params.format("b", "b"))
+    log = []
+    run = dict(notebooks_dir=notebooks, repo_root=tmp_path, output_dir=tmp_path / "build" / "tiny", log=log.append)
+
+    outcomes = rp.reproduce("tiny", **run)
+    assert [(o.notebook, o.status) for o in outcomes] == [
+        ("00_first", "ran"), ("01_broken", "failed"), ("02_last", "ran")]
+    assert "this notebook is broken" in outcomes[1].error
+    assert any("FAILED 01_broken" in line for line in log)
+    build = tmp_path / "build" / "tiny"
+    executed = nbformat.read(str(build / "notebooks" / "00_first.ipynb"), as_version=4)
+    assert executed.metadata.reproduce["profile"] == "tiny"
+    assert str(tmp_path) not in nbformat.writes(executed)
+    # tiny runs write under the build folder, never into the repository's figures/ or results/
+    assert (build / "results" / "a.jsonl").exists() and not (tmp_path / "figures").exists()
+    summary = (build / "figures" / "SUMMARY.md").read_text()
+    assert "[fig_a.png](fig_a.png)" in summary and "value is 1." in summary and "profile=tiny" in summary
+
+    again = rp.reproduce("tiny", **run)
+    assert [o.status for o in again] == ["skipped", "failed", "skipped"]
+
+    (build / "results" / "b.jsonl").unlink()                 # results gone: run again
+    write_notebook(notebooks / "00_first.ipynb", WRITES_RESULTS + "\nprint('changed')",
+                   parameters=params.format("a", "a"))       # code changed: run again
+    assert [o.status for o in rp.reproduce("tiny", only=["00", "02"], **run)] == ["ran", "ran"]
+    assert [o.status for o in rp.reproduce("tiny", only=["00"], redo=True, **run)] == ["ran"]
+
+
+def test_inplace_refreshes_the_source_notebook_and_figures(tmp_path):
+    notebooks = tmp_path / "notebooks"
+    source = write_notebook(notebooks / "00_first.ipynb", WRITES_RESULTS,
+                            parameters='profile = "cpu"\nvalue = 2\nname = "fig"\nresults_path = "../results/a.jsonl"')
+    outcomes = rp.reproduce("cpu", inplace=True, notebooks_dir=notebooks, repo_root=tmp_path,
+                            output_dir=tmp_path / "build" / "cpu", log=lambda _: None)
+    assert [o.status for o in outcomes] == ["ran"]
+    refreshed = nbformat.read(str(source), as_version=4)
+    assert all(c.get("execution_count") for c in refreshed.cells if c.cell_type == "code")
+    assert not any("injected-parameters" in c.metadata.get("tags", []) for c in refreshed.cells)
+    assert {p.name for p in (tmp_path / "figures").iterdir()} == {"fig.png", "fig.csv", "fig.md", "SUMMARY.md"}
+
+
+def test_summary_lists_figures_without_findings(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "b.png").write_bytes(b"")
+    (tmp_path / "b.md").write_text("B grows.\n")
+    text = rp.write_summary(tmp_path, "cpu").read_text()
+    assert "- [a.png](a.png): *No finding recorded" in text
+    assert "- [b.png](b.png): B grows." in text
