@@ -21,11 +21,19 @@ $(VENV)/.installed: requirements.txt requirements-models.txt pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (llm-compression)" >/dev/null
 	touch $@
 
-test: install
-	$(BIN)/python -m pytest -q tests
+test: unit notebooks
 
+unit: install
+	$(BIN)/python -m pytest -q tests --ignore=tests/test_notebooks.py
+
+# Each committed notebook, tiny-profile parameters injected into a copy under build/nbval, run by
+# `pytest --nbval-lax`: cells marked `# NBVAL_CHECK_OUTPUT` must print what the committed run printed.
+notebooks: install
+	$(BIN)/python -m pytest -q tests/test_notebooks.py
+
+# PROFILE=cpu (default) refreshes the committed notebooks and figures/; tiny and paper write to build/<profile>.
 reproduce: install
-	$(BIN)/python -m helpers.reproduce --profile $(PROFILE)
+	$(BIN)/python -m helpers.reproduce --profile $(PROFILE) $(if $(filter cpu,$(PROFILE)),--inplace)
 
 benchmarks: install
 	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done
