@@ -44,26 +44,46 @@ def prepare_hessian(hessian: torch.Tensor, weight: torch.Tensor) -> tuple[torch.
 
 def inverse_cholesky(H: torch.Tensor, damping: float = 0.01, retries: int = 3) -> tuple[torch.Tensor, float, list[str]]:
     """Upper Cholesky factor of (H + damping * mean(diag H) * I)^-1; retries with 10x damping."""
+    if not torch.isfinite(H).all():
+        # Cholesky reads one triangle only, so a NaN elsewhere would pass silently; no damping helps.
+        raise CholeskyFailure(f"the Hessian has {int((~torch.isfinite(H)).sum())} non-finite entries "
+                              "(NaN/inf calibration activations?)")
     warnings = []
     mean_diag = torch.diag(H).mean()
     eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     current = damping
-    for _ in range(retries + 1):
+    for attempt in range(retries + 1):
         L, info = torch.linalg.cholesky_ex(H + current * mean_diag * eye)
         if info == 0:
             inverse = torch.cholesky_inverse(L)
             U, info = torch.linalg.cholesky_ex(inverse, upper=True)
             if info == 0 and torch.isfinite(U).all():
                 return U, current, warnings
-        warnings.append(f"Cholesky failed with damping {current:g}; retrying with {current * 10:g}")
+        then = f"retrying with {current * 10:g}" if attempt < retries else "giving up"
+        warnings.append(f"Cholesky failed with damping {current:g}; {then}")
         current *= 10
     raise CholeskyFailure("; ".join(warnings))
+
+
+def check_obs_settings(columns: int, sparsity: float, prune_n: int, prune_m: int, block_size: int) -> None:
+    """Raise before any work if the OBS settings cannot produce the asked-for pattern."""
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity={sparsity!r}; expected a number in [0, 1).")
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size={block_size!r}; expected a positive integer (128 is the reference).")
+    if prune_n or prune_m:
+        if not 0 < prune_n < prune_m:
+            raise ValueError(f"N:M = {prune_n}:{prune_m}; expected 0 < N < M (e.g. 2:4).")
+        if block_size % prune_m or columns % prune_m:
+            raise ValueError(f"N:M = {prune_n}:{prune_m} needs M={prune_m} to divide block_size={block_size} "
+                             f"and the input width {columns}; pick a block size that is a multiple of M.")
 
 
 @torch.no_grad()
 def obs_solve(weight: torch.Tensor, hessian: torch.Tensor, *, sparsity: float = 0.0, prune_n: int = 0,
               prune_m: int = 0, quantizer=None, block_size: int = 128, damping: float = 0.01) -> OBSResult:
     """Prune (and/or quantize) `weight` with OBS updates; see the module docstring."""
+    check_obs_settings(weight.shape[1], sparsity, prune_n, prune_m, block_size)
     H, W, dead = prepare_hessian(hessian, weight)
     U, used_damping, warnings = inverse_cholesky(H, damping)
     del H
@@ -109,12 +129,14 @@ def obs_solve(weight: torch.Tensor, hessian: torch.Tensor, *, sparsity: float = 
 
 
 @torch.no_grad()
-def obs_solve_reference(weight: torch.Tensor, hessian: torch.Tensor, *, sparsity: float = 0.0,
-                        quantizer=None, damping: float = 0.01) -> OBSResult:
+def obs_solve_reference(weight: torch.Tensor, hessian: torch.Tensor, *, sparsity: float = 0.0, prune_n: int = 0,
+                        prune_m: int = 0, quantizer=None, block_size: int = 128, damping: float = 0.01) -> OBSResult:
     """Straightforward version for tests and benchmarks: one column at a time, no blocks, no lazy
     batching (every column's update is applied to all later columns immediately). The unstructured
-    mask is chosen per 128-column block on the weights as they are when the block starts, so with
-    block_size=128 the two versions agree up to floating-point rounding."""
+    mask is chosen per `block_size`-column block on the weights as they are when the block starts,
+    the N:M mask at every M-th column on the current weights, so the two versions agree up to
+    floating-point rounding."""
+    check_obs_settings(weight.shape[1], sparsity, prune_n, prune_m, block_size)
     H, W, dead = prepare_hessian(hessian, weight)
     U, used_damping, warnings = inverse_cholesky(H, damping)
     rows, columns = W.shape
@@ -123,8 +145,13 @@ def obs_solve_reference(weight: torch.Tensor, hessian: torch.Tensor, *, sparsity
     mask = torch.zeros_like(W, dtype=torch.bool)
     loss = 0.0
     for i in range(columns):
-        if sparsity > 0 and i % 128 == 0:
-            block = slice(i, min(i + 128, columns))
+        if prune_n and i % prune_m == 0:
+            group = slice(i, i + prune_m)
+            score = W[:, group].square() / torch.diag(U)[group].square()
+            lowest = torch.topk(score, prune_n, dim=1, largest=False).indices
+            mask[:, group] = torch.zeros_like(score, dtype=torch.bool).scatter_(1, lowest, True)
+        elif not prune_n and sparsity > 0 and i % block_size == 0:
+            block = slice(i, min(i + block_size, columns))
             score = W[:, block].square() / torch.diag(U)[block].square()
             k = int(score.numel() * sparsity)
             if k:

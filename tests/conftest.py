@@ -25,3 +25,13 @@ def tiny_llama():
 def tokens():
     generator = torch.Generator().manual_seed(0)
     return torch.randint(0, 256, (4, 48), generator=generator)
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread: on a shared, oversubscribed CPU the small per-column ops of the OBS loop
+    run ~10x faster than with thread hand-offs. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
