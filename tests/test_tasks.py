@@ -146,8 +146,8 @@ def test_bad_examples_are_named():
 
 # --------------------------------------------------------------------------- MMLU
 ROWS = [{"subject": "high_school_biology", "question": f"Question number {i} about cells?",
-         "choices": ["alpha", "beta", "gamma", "delta"], "answer": "ABCD"[i % 4]} for i in range(8)]
-DEV = [{"subject": "high_school_biology", "question": "A long worked example question " * 4 + str(i),
+         "choices": ["alpha", "beta", "gamma", "delta"], "answer": "ABCA"[i % 4]} for i in range(4)]
+DEV = [{"subject": "high_school_biology", "question": "A worked example question " * 2 + str(i),
         "choices": ["one", "two", "three", "four"], "answer": "ABCD"[i % 4]} for i in range(5)]
 
 
@@ -159,7 +159,7 @@ def test_mmlu_prompt_format():
     assert "\nD. four\nAnswer: A\n\n" in prompt
 
 
-@pytest.mark.parametrize("limit", [900, 500, 300, 120])
+@pytest.mark.parametrize("limit", [700, 400, 250, 120])
 def test_shot_dropping_keeps_the_prompt_under_the_limit_and_keeps_as_many_shots_as_fit(limit):
     encoder = _Encoder(ByteTokenizer(), False)
     fitted = fit_prompt(encoder, "high_school_biology", DEV, ROWS[0], limit, answer_tokens=1)
@@ -184,7 +184,7 @@ def test_both_scorings_pick_the_letter_a_rigged_model_prefers(model_and_tokenize
     model, tokenizer = model_and_tokenizer
     handle = _rig(model, ord(letter))
     try:
-        result = evaluate_mmlu(model, tokenizer, ROWS, MMLUSettings(max_context_tokens=400, progress=False),
+        result = evaluate_mmlu(model, tokenizer, ROWS, MMLUSettings(max_context_tokens=300, progress=False),
                                dev_examples=DEV)
     finally:
         handle.remove()
@@ -194,6 +194,17 @@ def test_both_scorings_pick_the_letter_a_rigged_model_prefers(model_and_tokenize
     assert result.aggregate["loglik_micro_accuracy"] == pytest.approx(expected)
     assert result.aggregate["generate_micro_accuracy"] == pytest.approx(expected)
     assert result.aggregate["loglik_per_subject"] == {"high_school_biology": pytest.approx(expected)}
+
+
+def test_letter_from_shared_forward_equals_batched_generation(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    settings = MMLUSettings(max_context_tokens=300, progress=False, batch_size=3)
+    shared = evaluate_mmlu(model, tokenizer, ROWS, settings, dev_examples=DEV)
+    generated = evaluate_mmlu(model, tokenizer, ROWS, MMLUSettings(max_context_tokens=300, progress=False,
+                                                                   batch_size=3, scorings=("generate",)),
+                              dev_examples=DEV)
+    assert [r["generation"] for r in shared.records] == [r["generation"] for r in generated.records]
+    assert "loglik_prediction" not in generated.records[0]
 
 
 def test_loglik_sums_continuation_log_probabilities(model_and_tokenizer):

@@ -158,19 +158,33 @@ def continuation_ids(tokenizer, encoder: _Encoder, prompt_ids: list[int], model_
 
 
 @torch.no_grad()
-def loglik_choices(model, prompt_ids: list[int], choices: dict[str, list[int]]) -> dict[str, float]:
+def next_token_logprobs(model, prompt_ids: list[int]) -> torch.Tensor:
+    """log p(next token | prompt) over the vocabulary (one forward pass, last position only)."""
+    device = next(model.parameters()).device
+    output = model(input_ids=torch.tensor([prompt_ids], device=device), logits_to_keep=1)
+    return F.log_softmax(output.logits[0, -1].float(), dim=-1)
+
+
+@torch.no_grad()
+def loglik_choices(model, prompt_ids: list[int], choices: dict[str, list[int]],
+                   next_logprobs: torch.Tensor | None = None) -> dict[str, float]:
     """Sum of log-probabilities of each choice's tokens after the prompt."""
     device = next(model.parameters()).device
     if all(len(c) == 1 for c in choices.values()):  # one forward pass serves every choice
-        logits = model(input_ids=torch.tensor([prompt_ids], device=device)).logits[0, -1].float()
-        logprobs = F.log_softmax(logits, dim=-1)
+        logprobs = next_logprobs if next_logprobs is not None else next_token_logprobs(model, prompt_ids)
         return {letter: logprobs[c[0]].item() for letter, c in choices.items()}
     out = {}
+    groups: dict[int, list[str]] = {}  # choices of equal token length share one batched forward pass
     for letter, cont in choices.items():
-        ids = torch.tensor([prompt_ids + cont], device=device)
-        logprobs = F.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
-        positions = range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(cont))
-        out[letter] = sum(logprobs[p, t].item() for p, t in zip(positions, cont))
+        groups.setdefault(len(cont), []).append(letter)
+    start = len(prompt_ids) - 1
+    for length, letters in groups.items():
+        ids = torch.tensor([prompt_ids + choices[letter] for letter in letters], device=device)
+        logits = model(input_ids=ids, logits_to_keep=length + 1).logits[:, :length].float()
+        logprobs = F.log_softmax(logits, dim=-1)
+        for row, letter in enumerate(letters):
+            cont = torch.tensor(choices[letter], device=device)
+            out[letter] = logprobs[row, torch.arange(length, device=device), cont].sum().item()
     return out
 
 
@@ -207,16 +221,22 @@ def evaluate_mmlu(model, tokenizer, examples=None, settings: MMLUSettings = MMLU
                     "prompt": f["prompt"], "model_input": f["model_input"], "chat_template": encoder.chat,
                     "shots": f["shots"], "prompt_tokens": len(f["ids"]), "truncated": f["truncated"]}
                    for i, (r, f) in enumerate(zip(rows, fitted))]
-        if "generate" in settings.scorings:
+        shared = "loglik" in settings.scorings and "generate" in settings.scorings and settings.letter_tokens == 1
+        if "generate" in settings.scorings and not shared:
             _score_generate(model, tokenizer, fitted, records, settings)
         if "loglik" in settings.scorings:
-            for f, record in tqdm(list(zip(fitted, records)), desc="MMLU log-likelihood",
-                                  disable=not settings.progress):
+            for f, record in tqdm(list(zip(fitted, records)), desc="MMLU", disable=not settings.progress):
                 choices = continuation_ids(tokenizer, encoder, f["ids"], f["model_input"])
-                scores = loglik_choices(model, f["ids"], choices)
+                logprobs = next_token_logprobs(model, f["ids"])
+                scores = loglik_choices(model, f["ids"], choices, logprobs)
                 best = max(LETTERS, key=lambda letter: scores[letter])
                 record.update({"loglik": scores, "loglik_prediction": best,
                                "loglik_correct": best == record["gold"]})
+                if shared:  # one greedy token is the argmax of the same next-token distribution
+                    text = tokenizer.decode([int(logprobs.argmax())], skip_special_tokens=True)
+                    prediction = parse_letter(text)
+                    record.update({"generation": text, "generate_prediction": prediction,
+                                   "generate_correct": prediction == record["gold"]})
         for record in records:
             record["score"] = {s: float(record[f"{s}_correct"]) for s in settings.scorings}
             if writer is not None:
