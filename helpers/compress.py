@@ -48,6 +48,23 @@ class Recipe:
                 check_sparsity(value, f"sparsity[{name!r}]")
         else:
             check_sparsity(self.sparsity)
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(f"block_size={self.block_size!r}; expected a positive integer (128 is the reference).")
+        if pattern.structured:
+            if isinstance(self.sparsity, Mapping) or not (self.sparsity == 0
+                                                          or abs(self.sparsity - pattern.sparsity) < 1e-6):
+                raise ValueError(f"sparsity={self.sparsity!r} contradicts pattern {self.pattern!r}, which prunes "
+                                 f"exactly {pattern.sparsity:g}; give sparsity={pattern.sparsity:g} (or 0) with it.")
+            if self.quant is not None and self.quant.act_order:
+                raise ValueError(f"pattern {self.pattern!r} with act_order=True: N:M groups are consecutive columns "
+                                 "of the original order, which act-order permutes; use act_order=False.")
+        method = METHODS[self.method]
+        if self.quant is not None and not method.uses_quant:
+            raise ValueError(f"method {self.method!r} does not quantize but quant={self.quant!r} was given; "
+                             "use 'sparsegpt' (joint), 'gptq' or 'rtn', or drop quant.")
+        if not method.prunes and (isinstance(self.sparsity, Mapping) or self.sparsity or pattern.structured):
+            raise ValueError(f"method {self.method!r} does not prune but sparsity={self.sparsity!r}, "
+                             f"pattern={self.pattern!r} were given; use sparsity=0 and pattern='unstructured'.")
         if pattern.structured and self.block_size % pattern.m:
             raise ValueError(f"block_size={self.block_size} is not divisible by M={pattern.m} of pattern "
                              f"{self.pattern!r}; use a multiple of {pattern.m} (128 is the default).")
@@ -86,6 +103,8 @@ class Recipe:
 class LayerMethod:
     needs_calibration = False
     needs_quant = False
+    uses_quant = False     # takes recipe.quant into account
+    prunes = True          # takes recipe.sparsity / pattern into account
     modifies_weights = True
 
     def __init__(self, recipe: Recipe):
@@ -135,6 +154,8 @@ class Wanda(LayerMethod):
 
 class RoundToNearest(LayerMethod):
     needs_quant = True
+    uses_quant = True
+    prunes = False
 
     def compress_weight(self, name, weight, collector):
         self.recipe.quant.check_columns(weight.shape[1], name)
@@ -144,6 +165,7 @@ class RoundToNearest(LayerMethod):
 class OBSMethod(LayerMethod):
     """SparseGPT and GPTQ: the same OBS column loop with a mask rule and/or a quantizer."""
     needs_calibration = True
+    uses_quant = True
 
     def collector(self, name, linear):
         return HessianCollector(linear_weight(linear).shape[1], device=linear.weight.device)
@@ -175,6 +197,8 @@ class OBSMethod(LayerMethod):
                        f"{'magnitude pruning' if sparsity else ''}{' + ' if sparsity and quant else ''}"
                        f"{'round-to-nearest' if quant else ''} for this layer")
             warnings.warn(message)
+            if permutation is not None:  # fall back on the original column order, where groups live
+                weight, permutation = weight[:, torch.argsort(permutation)], None
             new_weight = weight.float()
             if sparsity:
                 new_weight = new_weight.masked_fill(magnitude_mask(new_weight, sparsity, pattern), 0)
@@ -194,6 +218,7 @@ class SparseGPT(OBSMethod):
 
 class GPTQ(OBSMethod):
     needs_quant = True
+    prunes = False
 
 
 METHODS: dict[str, type[LayerMethod]] = {
@@ -221,6 +246,17 @@ class CompressionReport:
         return {"achieved_sparsity": self.achieved_sparsity, "seconds": self.seconds,
                 "total_obs_error": sum(errors) if errors else None, "warnings": len(self.warnings)}
 
+    def obs_error_summary(self) -> dict | None:
+        """Per-layer OBS error estimates in a few numbers (None for methods without them)."""
+        errors = {name: v["obs_error"] for name, v in self.layers.items() if "obs_error" in v}
+        if not errors:
+            return None
+        worst = max(errors, key=errors.get)
+        values = sorted(errors.values())
+        return {"layers": len(errors), "total": sum(values), "mean": sum(values) / len(values),
+                "median": values[len(values) // 2], "max": errors[worst], "max_layer": worst,
+                "fallbacks": sum(bool(v.get("fallback")) for v in self.layers.values())}
+
 
 def compress_model(model: nn.Module, recipe: Recipe, *, tokenizer=None, calibration_ids: torch.Tensor | None = None,
                    device: str | torch.device | None = None, batch_size: int = 8,
@@ -233,6 +269,16 @@ def compress_model(model: nn.Module, recipe: Recipe, *, tokenizer=None, calibrat
         missing = set(linears) - set(recipe.sparsity)
         if missing:
             raise ValueError(f"the per-layer sparsity map misses {len(missing)} layers, e.g. {sorted(missing)[:3]}.")
+        unknown = set(recipe.sparsity) - set(linears)
+        if unknown:
+            raise ValueError(f"the per-layer sparsity map names {len(unknown)} layers the model does not compress, "
+                             f"e.g. {sorted(unknown)[:3]}; use the names of helpers.models.compressed_linears.")
+    pattern = recipe.parsed_pattern
+    if pattern.structured:
+        for name, linear in linears.items():
+            if linear_weight(linear).shape[1] % pattern.m:
+                raise ValueError(f"pattern {pattern} needs every input width divisible by M={pattern.m}, but "
+                                 f"{name} has {linear_weight(linear).shape[1]}; choose another M.")
     if recipe.quant is not None:
         for name, linear in linears.items():
             recipe.quant.check_columns(linear_weight(linear).shape[1], name)
