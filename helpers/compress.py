@@ -22,6 +22,7 @@ from .data import CalibrationSettings, calibration_samples
 from .engine import run_layerwise
 from .models import compressed_linears, linear_weight, set_linear_weight
 from .obs import CholeskyFailure, obs_solve
+from .protect import layer_protection, quantization_info
 from .pruning import Pattern, check_sparsity, magnitude_mask, random_mask, wanda_mask
 from .quantizer import GridQuantizer, QuantSettings, rtn
 from .stats import HessianCollector, InputNormCollector
@@ -96,7 +97,7 @@ class Recipe:
 
     @property
     def needs_calibration(self) -> bool:
-        return METHODS[self.method].needs_calibration
+        return METHODS[self.method].needs_calibration or (self.quant is not None and self.quant.needs_calibration)
 
 
 # --------------------------------------------------------------------------- methods over one layer
@@ -157,9 +158,19 @@ class RoundToNearest(LayerMethod):
     uses_quant = True
     prunes = False
 
+    def collector(self, name, linear):
+        # Only the 'hessian' protection rule needs calibration inputs (diag H ~ mean x_j^2).
+        if self.recipe.quant.needs_calibration:
+            return InputNormCollector(linear_weight(linear).shape[1], device=linear.weight.device)
+        return None
+
     def compress_weight(self, name, weight, collector):
-        self.recipe.quant.check_columns(weight.shape[1], name)
-        return rtn(weight, self.recipe.quant), {"bits": self.recipe.quant.bits}
+        quant = self.recipe.quant
+        quant.check_columns(weight.shape[1], name)
+        diagonal = collector.norms().square() if collector is not None else None
+        protected = layer_protection(weight, quant, hessian_diagonal=diagonal, seed=self.recipe.seed, name=name)
+        return rtn(weight, quant, protected), quantization_info(quant, tuple(weight.shape), protected,
+                                                                 permuted_groups=False)
 
 
 class OBSMethod(LayerMethod):
@@ -179,12 +190,19 @@ class OBSMethod(LayerMethod):
             quant.check_columns(weight.shape[1], name)
         sparsity, pattern = self.sparsity(name), self.recipe.parsed_pattern
         hessian = collector.hessian()
+        protected = None
+        if quant is not None:  # protected groups are chosen on the original weight and column order
+            protected = layer_protection(weight, quant, hessian_diagonal=torch.diag(hessian),
+                                         seed=self.recipe.seed, name=name)
         permutation = None
         if quant is not None and quant.act_order:
             permutation = torch.argsort(torch.diag(hessian), descending=True)
             weight, hessian = weight[:, permutation], hessian[permutation][:, permutation]
-        quantizer = GridQuantizer(quant, permutation) if quant is not None else None
+        quantizer = GridQuantizer(quant, permutation, protected) if quant is not None else None
         info = {"target_sparsity": sparsity}
+        if quant is not None:
+            info.update(quantization_info(quant, tuple(weight.shape), protected, permuted_groups=(
+                quant.act_order and quant.group_size is not None and not quant.static_groups)))
         try:
             result = obs_solve(weight, hessian, sparsity=sparsity, prune_n=pattern.n if sparsity else 0,
                                prune_m=pattern.m if sparsity else 0, quantizer=quantizer,
@@ -204,7 +222,8 @@ class OBSMethod(LayerMethod):
                 new_weight = new_weight.masked_fill(magnitude_mask(new_weight, sparsity, pattern), 0)
             if quant is not None:
                 kept = new_weight != 0
-                new_weight = rtn(new_weight, quant) * kept if sparsity else rtn(new_weight, quant)
+                quantized = rtn(new_weight, quant, protected)
+                new_weight = quantized * kept if sparsity else quantized
             info.update(fallback=True, warnings=[message])
         if permutation is not None:
             new_weight = new_weight[:, torch.argsort(permutation)]

@@ -1,13 +1,27 @@
 """Weight quantization grids (simulated, "fake" quantization: weights stay dequantized floats).
 
+Every function here returns dequantized values in float32 that the caller writes back into the
+model in its own dtype: no integer codes are stored and nothing gets smaller or faster. The error
+is exactly the error a real low-bit kernel would see; the storage cost is computed, not measured
+(helpers.protect.effective_bits).
+
 The grid follows GPTQ's reference quantizer: asymmetric min-max with the range widened to include
 0 (xmin = min(min x, 0), xmax = max(max x, 0)), scale = (xmax - xmin) / (2^b - 1),
 zero = round(-xmin / scale), q = clamp(round(x / scale) + zero, 0, 2^b - 1),
 dequantized = scale * (q - zero). Symmetric grids use xmax = max(|xmin|, xmax), zero = 2^(b-1).
 Grids are fitted per output channel, or per group of `group_size` consecutive input columns.
+Deviation from the reference, on purpose: a symmetric grid always spans [-xmax, xmax] (the reference
+keeps xmin = 0 for a row with no negative weight, which wastes half of its levels).
+
+Protected outlier groups (arXiv 2406.06773): `protect_fraction` of the weight groups (a group is
+`protect_group_size` consecutive input weights of one output row) are kept at `protect_bits`
+(16 = left unquantized); the low-bit grids are then fitted on the other weights only, so an
+outlier group no longer stretches its channel's (or group's) range. Selection rules live in
+helpers.protect.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -23,20 +37,65 @@ class QuantSettings:
     mse: bool = False              # search a shrunken range that minimizes the rounding error
     act_order: bool = False        # GPTQ: process columns by descending Hessian diagonal
     static_groups: bool = False    # GPTQ + act_order: fit the group grids before permuting
+    protect_fraction: float = 0.0  # fraction of weight groups kept at protect_bits (2406.06773 uses 0.02)
+    protect_rule: str = "magnitude"  # 'magnitude' (group max |w|), 'random' (seeded), 'hessian' (sum w^2 H_jj)
+    protect_bits: int = 8          # precision of protected groups; 16 = left unquantized
+    protect_group_size: int | None = None  # None: group_size, or 128 when quantizing per channel
 
     def __post_init__(self):
-        if not isinstance(self.bits, int) or not 2 <= self.bits <= 16:
-            raise ValueError(f"bits={self.bits!r}; expected an integer from 2 to 8 (16 means 'no-op' checks).")
+        if not _valid_bits(self.bits):
+            raise ValueError(f"bits={self.bits!r}; expected an integer from 2 to 8 (or 16, which is used as "
+                             "a near no-op in checks).")
         if self.group_size is not None and (not isinstance(self.group_size, int) or self.group_size < 1):
             raise ValueError(f"group_size={self.group_size!r}; expected a positive integer or None (per channel).")
+        if not isinstance(self.protect_fraction, (int, float)) or not 0 <= self.protect_fraction < 1:
+            raise ValueError(f"protect_fraction={self.protect_fraction!r}; expected a fraction of weight groups "
+                             "in [0, 1), e.g. 0.02 for 2%.")
+        if self.protect_rule not in PROTECT_RULES:
+            raise ValueError(f"protect_rule={self.protect_rule!r} is not known; expected one of {PROTECT_RULES}.")
+        if not _valid_bits(self.protect_bits):
+            raise ValueError(f"protect_bits={self.protect_bits!r}; expected an integer from 2 to 8, or 16 to "
+                             "keep protected groups unquantized.")
+        if self.protect_fraction > 0 and self.protect_bits <= self.bits:
+            raise ValueError(f"protect_bits={self.protect_bits} is not above bits={self.bits}; protected groups "
+                             "must be kept at a higher precision (e.g. protect_bits=8 or 16).")
+        if self.protect_group_size is not None and (not isinstance(self.protect_group_size, int)
+                                                    or self.protect_group_size < 1):
+            raise ValueError(f"protect_group_size={self.protect_group_size!r}; expected a positive integer or "
+                             "None (use group_size, or 128 when quantizing per channel).")
+
+    @property
+    def protects(self) -> bool:
+        return self.protect_fraction > 0
+
+    @property
+    def protection_group_size(self) -> int:
+        """Width of one protectable weight group (protect_group_size, else group_size, else 128)."""
+        return self.protect_group_size or self.group_size or 128
+
+    @property
+    def needs_calibration(self) -> bool:
+        """The 'hessian' protection rule needs calibration inputs (diag H), even for RTN."""
+        return self.protects and self.protect_rule == "hessian"
 
     def check_columns(self, columns: int, layer: str = "") -> None:
         if self.group_size is not None and columns % self.group_size:
             raise ValueError(f"group_size={self.group_size} does not divide the input width {columns}"
                              f"{' of ' + layer if layer else ''}; pick a divisor (e.g. 32, 64, 128) or None.")
+        if self.protects and columns % self.protection_group_size:
+            raise ValueError(f"protection group size {self.protection_group_size} does not divide the input "
+                             f"width {columns}{' of ' + layer if layer else ''}; set protect_group_size to a "
+                             "divisor (e.g. 32, 64, 128).")
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+PROTECT_RULES = ("magnitude", "random", "hessian")
+
+
+def _valid_bits(bits) -> bool:
+    return isinstance(bits, int) and not isinstance(bits, bool) and (2 <= bits <= 8 or bits == 16)
 
 
 def max_level(bits: int) -> int:
@@ -53,7 +112,7 @@ def fit_grid(weight: torch.Tensor, bits: int, symmetric: bool = False, mse: bool
     xmax = w.max(dim=1).values.clamp(min=0)
     if symmetric:
         xmax = torch.maximum(xmin.abs(), xmax)
-        xmin = torch.where(xmin < 0, -xmax, xmin)
+        xmin = -xmax
     empty = (xmin == 0) & (xmax == 0)
     xmin = torch.where(empty, torch.full_like(xmin, -1), xmin)
     xmax = torch.where(empty, torch.full_like(xmax, 1), xmax)
@@ -84,18 +143,54 @@ def dequantize(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, ma
 
 
 @torch.no_grad()
-def rtn(weight: torch.Tensor, settings: QuantSettings) -> torch.Tensor:
-    """Round-to-nearest on the settings' grid, per channel or per group; returns float32."""
+def rtn(weight: torch.Tensor, settings: QuantSettings, protected: torch.Tensor | None = None) -> torch.Tensor:
+    """Round-to-nearest on the settings' grid, per channel or per group; returns float32.
+
+    protected: optional boolean map [rows, columns / protection_group_size] of protected groups
+    (helpers.protect.select_protected_groups); those groups are quantized at protect_bits on their
+    own grid (or kept exact at 16) and left out of the low-bit grids' range.
+    """
     w = weight.float()
     rows, columns = w.shape
     settings.check_columns(columns)
     maxq = max_level(settings.bits)
+    mask = None if protected is None else expand_groups(protected, columns)
+    fit_on = w if mask is None else w.masked_fill(mask, 0)  # 0 never widens a range that holds 0
     if settings.group_size is None:
-        scale, zero = fit_grid(w, settings.bits, settings.symmetric, settings.mse)
-        return dequantize(w, scale, zero, maxq)
-    groups = w.reshape(rows * columns // settings.group_size, settings.group_size)
-    scale, zero = fit_grid(groups, settings.bits, settings.symmetric, settings.mse)
-    return dequantize(groups, scale, zero, maxq).reshape(rows, columns)
+        scale, zero = fit_grid(fit_on, settings.bits, settings.symmetric, settings.mse)
+        low = dequantize(w, scale, zero, maxq)
+    else:
+        n = rows * columns // settings.group_size
+        scale, zero = fit_grid(fit_on.reshape(n, settings.group_size), settings.bits, settings.symmetric, settings.mse)
+        low = dequantize(w.reshape(n, settings.group_size), scale, zero, maxq).reshape(rows, columns)
+    if mask is None:
+        return low
+    return torch.where(mask, quantize_protected(w, protected, settings), low)
+
+
+def expand_groups(groups: torch.Tensor, columns: int) -> torch.Tensor:
+    """A [rows, n_groups] group map -> [rows, columns] element map (each group = columns / n_groups
+    consecutive input columns)."""
+    return groups.to(torch.bool).repeat_interleave(columns // groups.shape[1], dim=1)
+
+
+@torch.no_grad()
+def quantize_protected(weight: torch.Tensor, protected: torch.Tensor, settings: QuantSettings) -> torch.Tensor:
+    """Every protection group of `weight` rounded at protect_bits on its own grid (exact at 16).
+
+    Only the entries of protected groups are meant to be used; returns float32 [rows, columns]."""
+    w = weight.float()
+    if settings.protect_bits == 16:
+        return w.clone()
+    rows, columns = w.shape
+    size = columns // protected.shape[1]
+    groups = w.reshape(-1, size)
+    chosen = protected.reshape(-1).to(torch.bool)
+    out = w.clone().reshape(-1, size)
+    if chosen.any():
+        scale, zero = fit_grid(groups[chosen], settings.protect_bits, settings.symmetric, settings.mse)
+        out[chosen] = dequantize(groups[chosen], scale, zero, max_level(settings.protect_bits))
+    return out.reshape(rows, columns)
 
 
 class GridQuantizer:
@@ -105,21 +200,41 @@ class GridQuantizer:
     weight before any update. quantize(values, index, upcoming): quantize column `index` (in the
     processing order); with groups, refit at each group start on `upcoming()`, the current
     (already updated) weights of the columns from `index` on.
+
+    permutation: the processing order (act-order), as original column indices; None = identity.
+    protected: optional boolean map [rows, columns / protection_group_size] of protected groups in
+    the ORIGINAL column order. Their entries are rounded at protect_bits on a grid per protected
+    group, fitted on the group's current (updated) weights when its first column is reached, so
+    OBS updates still flow into and out of protected weights; the low-bit grids ignore them.
     """
 
-    def __init__(self, settings: QuantSettings, permutation: torch.Tensor | None = None):
+    def __init__(self, settings: QuantSettings, permutation: torch.Tensor | None = None,
+                 protected: torch.Tensor | None = None):
         self.settings = settings
         self.permutation = permutation
         self.maxq = max_level(settings.bits)
         self.scale = self.zero = None
         self.group_grids = None
+        self.protected_groups = protected
+        self.mask = None           # [rows, columns] protected entries, processing order
+        self.high_grids = {}       # original protection-group index -> (scale, zero) [rows, 1]
 
     def start(self, weight: torch.Tensor) -> None:
         s = self.settings
+        inverse = None if self.permutation is None else torch.argsort(self.permutation)
+        original = weight if inverse is None else weight[:, inverse]
+        if self.protected_groups is not None:
+            mask = expand_groups(self.protected_groups.to(weight.device), weight.shape[1])
+            self.mask = mask if self.permutation is None else mask[:, self.permutation]
+            self.inverse = (torch.arange(weight.shape[1], device=weight.device) if inverse is None
+                            else inverse.to(weight.device))
+        fit_on = weight if self.mask is None else weight.masked_fill(self.mask, 0)
         if s.group_size is None:
-            self.scale, self.zero = fit_grid(weight, s.bits, s.symmetric, s.mse)
+            self.scale, self.zero = fit_grid(fit_on, s.bits, s.symmetric, s.mse)
         elif s.static_groups:
-            original = weight if self.permutation is None else weight[:, torch.argsort(self.permutation)]
+            if self.mask is not None:
+                original = original.masked_fill(expand_groups(self.protected_groups.to(weight.device),
+                                                              weight.shape[1]), 0)
             self.group_grids = [fit_grid(original[:, g:g + s.group_size], s.bits, s.symmetric, s.mse)
                                 for g in range(0, original.shape[1], s.group_size)]
 
@@ -130,5 +245,23 @@ class GridQuantizer:
                 column = index if self.permutation is None else int(self.permutation[index])
                 self.scale, self.zero = self.group_grids[column // s.group_size]
             elif index % s.group_size == 0:
-                self.scale, self.zero = fit_grid(upcoming()[:, : s.group_size], s.bits, s.symmetric, s.mse)
-        return dequantize(values[:, None], self.scale, self.zero, self.maxq)[:, 0]
+                window = upcoming()[:, : s.group_size]
+                if self.mask is not None:
+                    window = window.masked_fill(self.mask[:, index:index + s.group_size], 0)
+                self.scale, self.zero = fit_grid(window, s.bits, s.symmetric, s.mse)
+        low = dequantize(values[:, None], self.scale, self.zero, self.maxq)[:, 0]
+        if self.mask is None or not self.mask[:, index].any():
+            return low
+        if s.protect_bits == 16:
+            return torch.where(self.mask[:, index], values, low)
+        column = index if self.permutation is None else int(self.permutation[index])
+        group = column // s.protection_group_size
+        if group not in self.high_grids:
+            # First column of this protection group in processing order: all of its columns are
+            # still ahead, so their current weights are in upcoming().
+            size = s.protection_group_size
+            positions = self.inverse[group * size:(group + 1) * size] - index
+            self.high_grids[group] = fit_grid(upcoming()[:, positions], s.protect_bits, s.symmetric, s.mse)
+        scale, zero = self.high_grids[group]
+        high = dequantize(values[:, None], scale, zero, max_level(s.protect_bits))[:, 0]
+        return torch.where(self.mask[:, index], high, low)
