@@ -114,7 +114,12 @@ def obs_solve(weight: torch.Tensor, hessian: torch.Tensor, *, sparsity: float = 
             q = w.clone()
             q[mask[:, i]] = 0
             if quantizer is not None:
-                upcoming = lambda i=i: torch.cat([W1[:, i:], W[:, i2:]], dim=1)  # noqa: E731
+                def upcoming(i=i):
+                    # Columns after this block have not had this block's lazy update yet: apply the
+                    # pending part, so a group that starts here and ends in a later block is fitted
+                    # on fully updated weights (only matters when block_size % group_size != 0).
+                    later = W[:, i2:] - Err1[:, :i] @ U[i1:i1 + i, i2:]
+                    return torch.cat([W1[:, i:], later], dim=1)
                 q = quantizer.quantize(q, i1 + i, upcoming)
                 q[mask[:, i]] = 0
             Q1[:, i] = q
