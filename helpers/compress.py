@@ -154,6 +154,8 @@ class Wanda(LayerMethod):
 
 
 class RoundToNearest(LayerMethod):
+    """Round-to-nearest on the recipe's grid (simulated: weights stay dequantized in the model dtype),
+    with optional protected outlier groups (helpers.protect)."""
     needs_quant = True
     uses_quant = True
     prunes = False
@@ -236,6 +238,8 @@ class SparseGPT(OBSMethod):
 
 
 class GPTQ(OBSMethod):
+    """GPTQ: the OBS column loop with q = quantize(w) (simulated: weights stay dequantized in the model
+    dtype); groups refit on the updated weights, act-order, static groups, protected outlier groups."""
     needs_quant = True
     prunes = False
 
