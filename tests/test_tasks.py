@@ -288,3 +288,39 @@ def test_tasks_run_end_to_end_on_a_tiny_model(model_and_tokenizer):
     assert result.aggregate["examples"] == 1 and result.records[0]["n_pairs"] == 2
     result = evaluate_retrieval_qa(model, tokenizer, 1, RetrievalQASettings(passage_chars=200, generation=QUIET))
     assert result.records[0]["prompt_tokens"] < 320
+
+
+@pytest.mark.parametrize("script_text, stopped_text", [("a\nbbbbbb", "a\n"), ("\na\nbbbbb", "\na\n")])
+def test_stop_at_newline_ends_a_row_after_its_first_line(model_and_tokenizer, script_text, stopped_text):
+    model, tokenizer = model_and_tokenizer
+    calls = []
+
+    def script(module, inputs, out):  # step i of generation emits script_text[i]
+        calls.append(1)
+        token = ord(script_text[min(len(calls), len(script_text)) - 1])
+        return out.index_add(-1, torch.tensor([token]), torch.full((*out.shape[:-1], 1), 100.0))
+
+    handle = model.lm_head.register_forward_hook(script)
+    try:
+        stopped = generate(model, tokenizer, ["Q: x\nA:"], GenerationSettings(max_new_tokens=8, stop_at_newline=True,
+                                                                               progress=False))[0]
+        calls.clear()
+        full = generate(model, tokenizer, ["Q: x\nA:"], GenerationSettings(max_new_tokens=8, progress=False))[0]
+    finally:
+        handle.remove()
+    assert full["generation"] == script_text
+    assert stopped["generation"] == stopped_text and stopped["generated_tokens"] == len(stopped_text)
+    assert first_line(stopped["generation"]) == first_line(full["generation"]) == "a"
+
+
+def test_task_result_logs_tidy_rows(monkeypatch, tmp_path):
+    from helpers.results import ResultsTable
+
+    monkeypatch.setattr(factoid, "generate", fake_generate(["goldeneye"]))
+    result = evaluate_factoid_qa(None, None, [{"question": "q", "answer": "goldeneye"}])
+    table = ResultsTable(tmp_path / "results.jsonl")
+    result.log(table, model="tiny", method="magnitude", settings={"sparsity": 0.5})
+    rows = {r["metric"]: r for r in table.records()}
+    assert rows["freebaseqa/accuracy"]["value"] == 1.0 and rows["freebaseqa/examples"]["value"] == 1
+    assert rows["freebaseqa/accuracy"]["protocol"]["prompt"] == factoid.FREEBASEQA_PROMPT
+    assert rows["freebaseqa/accuracy"]["settings"] == {"sparsity": 0.5}

@@ -25,7 +25,7 @@ class GenerationSettings:
     batch_size: int = 8
     chat_template: bool | None = None
     system_prompt: str | None = None
-    stop_at_newline: bool = False  # stop a row once its stripped continuation holds a full first line
+    stop_at_newline: bool = False  # stop a row once its continuation (leading whitespace aside) has a full line
     progress: bool = True
 
     def __post_init__(self):
@@ -117,7 +117,7 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
 
 
 class _FirstLineStop:
-    """Stopping criterion: a row is done once its stripped continuation contains a newline."""
+    """Stopping criterion: a row is done once its continuation, leading whitespace aside, holds a newline."""
 
     def __init__(self, tokenizer, prompt_width: int):
         self.tokenizer = tokenizer
@@ -125,7 +125,7 @@ class _FirstLineStop:
 
     def __call__(self, input_ids, scores, **kwargs):
         new = input_ids[:, self.prompt_width:]
-        done = [("\n" in self.tokenizer.decode(row, skip_special_tokens=True).strip()) for row in new]
+        done = [("\n" in self.tokenizer.decode(row, skip_special_tokens=True).lstrip()) for row in new]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
