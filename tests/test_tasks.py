@@ -9,7 +9,7 @@ from helpers.tasks import (FactoidSettings, GenerationSettings, KVRetrievalSetti
                            contains_match, evaluate_factoid_qa, evaluate_kv_retrieval, evaluate_mmlu,
                            evaluate_retrieval_qa, exact_match, first_line, generate, mmlu_prompt, normalize_answer,
                            parse_letter, read_records)
-from helpers.tasks import factoid, mmlu, retrieval
+from helpers.tasks import factoid, retrieval
 from helpers.tasks.mmlu import fit_prompt, loglik_choices, subsample, _Encoder
 
 QUIET = GenerationSettings(max_new_tokens=4, progress=False)
@@ -242,7 +242,8 @@ def test_mmlu_subsampling_is_seeded_and_per_subject():
 NQ = [{"question": "who wrote hamlet", "answers": ["William Shakespeare", "Shakespeare"],
        "ctxs": [{"title": "Hamlet", "text": "Hamlet is a tragedy written by William Shakespeare. " * 100,
                  "isgold": True}]},
-      {"question": "capital of france", "answers": ["Paris"], "ctxs": [{"title": "F", "text": "Paris.", "isgold": True}]}]
+      {"question": "capital of france", "answers": ["Paris"],
+       "ctxs": [{"title": "F", "text": "Paris.", "isgold": True}]}]
 
 
 def test_open_and_closed_book_prompts_and_scores(monkeypatch):

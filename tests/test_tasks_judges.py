@@ -240,5 +240,6 @@ def test_summaries_and_answers_are_generated_then_judged_from_saved_records(tmp_
     assert rejudged[0]["scores"] == result.extra["judgements"][0]["scores"]
 
     questions = [{"question_id": 7, "text": "Tell me a joke.", "category": "generic", "reference": None}]
-    answers = freeform.evaluate_instruction_following(model, tokenizer, questions, InstructionSettings(generation=quiet))
+    answers = freeform.evaluate_instruction_following(model, tokenizer, questions,
+                                                      InstructionSettings(generation=quiet))
     assert answers.records[0]["question_id"] == 7 and answers.aggregate["rouge/failed"] == 1

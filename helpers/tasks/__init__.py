@@ -21,4 +21,16 @@ from .retrieval import (CLOSED_BOOK_PROMPT, OPEN_BOOK_PROMPT, KVRetrievalSetting
                         evaluate_kv_retrieval, evaluate_retrieval_qa)
 from .text import contains_match, exact_match, first_line, normalize_answer
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+__all__ = [
+    "FREEBASEQA_PROMPT", "FactoidSettings", "evaluate_factoid_qa", "score_factoid",
+    "CNNDM_INSTRUCTION", "InstructionSettings", "SummarizationSettings", "evaluate_instruction_following",
+    "evaluate_summarization", "generate_instruction_answers", "generate_summaries",
+    "GenerationSettings", "generate",
+    "EmbeddingJudge", "JudgeError", "LocalLMJudge", "OpenAIJudge", "RougeJudge", "build_judge_prompt", "judge_records",
+    "parse_review", "parse_score_pair", "parse_summary_scores", "summarize_judgements",
+    "MMLUSettings", "mmlu_prompt", "evaluate_mmlu", "parse_letter",
+    "RecordWriter", "TaskResult", "read_records",
+    "CLOSED_BOOK_PROMPT", "OPEN_BOOK_PROMPT", "KVRetrievalSettings", "RetrievalQASettings", "evaluate_kv_retrieval",
+    "evaluate_retrieval_qa",
+    "contains_match", "exact_match", "first_line", "normalize_answer",
+]

@@ -35,7 +35,8 @@ def select_examples(dataset: str, examples, required: Sequence[str], *, seed: in
         raise TypeError(f"examples={examples!r}; expected a list of dicts, an int (how many) or None (all).")
     for position, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise TypeError(f"example {position} is a {type(row).__name__}; expected a dict with keys {list(required)}.")
+            raise TypeError(f"example {position} is a {type(row).__name__}; expected a dict with keys "
+                            f"{list(required)}.")
         missing = [k for k in required if k not in row]
         if missing:
             raise ValueError(f"example {position} lacks the field(s) {missing}; a {dataset} example needs "

@@ -18,7 +18,6 @@ review that does not parse scores None with parse_error=True (LLM-KICK wrote -1,
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass

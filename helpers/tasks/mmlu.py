@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..data import load_dataset
 from .common import mean, select_examples
-from .generation import GenerationSettings, context_length, encode, format_prompt, generate, uses_chat_template
+from .generation import context_length, encode, format_prompt, uses_chat_template
 from .records import TaskResult, Timer, as_writer
 
 LETTERS = ("A", "B", "C", "D")
@@ -177,7 +177,6 @@ def loglik_choices(model, prompt_ids: list[int], choices: dict[str, list[int]],
     groups: dict[int, list[str]] = {}  # choices of equal token length share one batched forward pass
     for letter, cont in choices.items():
         groups.setdefault(len(cont), []).append(letter)
-    start = len(prompt_ids) - 1
     for length, letters in groups.items():
         ids = torch.tensor([prompt_ids + choices[letter] for letter in letters], device=device)
         logits = model(input_ids=ids, logits_to_keep=length + 1).logits[:, :length].float()
