@@ -196,15 +196,18 @@ def test_both_scorings_pick_the_letter_a_rigged_model_prefers(model_and_tokenize
     assert result.aggregate["loglik_per_subject"] == {"high_school_biology": pytest.approx(expected)}
 
 
-def test_letter_from_shared_forward_equals_batched_generation(model_and_tokenizer):
+def test_letter_from_shared_forward_equals_batched_generation(model_and_tokenizer, tmp_path):
     model, tokenizer = model_and_tokenizer
     settings = MMLUSettings(max_context_tokens=300, progress=False, batch_size=3)
-    shared = evaluate_mmlu(model, tokenizer, ROWS, settings, dev_examples=DEV)
+    shared = evaluate_mmlu(model, tokenizer, ROWS, settings, dev_examples=DEV, records_path=tmp_path / "m.jsonl")
+    assert [r["loglik"] for r in read_records(tmp_path / "m.jsonl")] == \
+        [json.loads(json.dumps(r["loglik"])) for r in shared.records]
     generated = evaluate_mmlu(model, tokenizer, ROWS, MMLUSettings(max_context_tokens=300, progress=False,
                                                                    batch_size=3, scorings=("generate",)),
                               dev_examples=DEV)
     assert [r["generation"] for r in shared.records] == [r["generation"] for r in generated.records]
     assert "loglik_prediction" not in generated.records[0]
+    assert all(r["score"] == {"generate": float(r["generate_correct"])} for r in generated.records)
 
 
 def test_loglik_sums_continuation_log_probabilities(model_and_tokenizer):

@@ -220,9 +220,15 @@ def evaluate_mmlu(model, tokenizer, examples=None, settings: MMLUSettings = MMLU
                     "prompt": f["prompt"], "model_input": f["model_input"], "chat_template": encoder.chat,
                     "shots": f["shots"], "prompt_tokens": len(f["ids"]), "truncated": f["truncated"]}
                    for i, (r, f) in enumerate(zip(rows, fitted))]
+        def finish(record):  # a record is complete: score it and save it at once
+            record["score"] = {s: float(record[f"{s}_correct"]) for s in settings.scorings}
+            if writer is not None:
+                writer.write(record)
+
         shared = "loglik" in settings.scorings and "generate" in settings.scorings and settings.letter_tokens == 1
         if "generate" in settings.scorings and not shared:
-            _score_generate(model, tokenizer, fitted, records, settings)
+            _score_generate(model, tokenizer, fitted, records, settings,
+                            finish if "loglik" not in settings.scorings else None)
         if "loglik" in settings.scorings:
             for f, record in tqdm(list(zip(fitted, records)), desc="MMLU", disable=not settings.progress):
                 choices = continuation_ids(tokenizer, encoder, f["ids"], f["model_input"])
@@ -236,17 +242,14 @@ def evaluate_mmlu(model, tokenizer, examples=None, settings: MMLUSettings = MMLU
                     prediction = parse_letter(text)
                     record.update({"generation": text, "generate_prediction": prediction,
                                    "generate_correct": prediction == record["gold"]})
-        for record in records:
-            record["score"] = {s: float(record[f"{s}_correct"]) for s in settings.scorings}
-            if writer is not None:
-                writer.write(record)
+                finish(record)
     aggregate = summarize(records, settings.scorings)
     out = asdict(settings)
     out.update(chat_template_used=encoder.chat, context_limit=limit)
     return TaskResult("mmlu", records, aggregate, out, timer.seconds)
 
 
-def _score_generate(model, tokenizer, fitted, records, settings: MMLUSettings) -> None:
+def _score_generate(model, tokenizer, fitted, records, settings: MMLUSettings, finish=None) -> None:
     """Greedy letter generation on the fitted (possibly truncated) token ids."""
     from .generation import eos_token_ids, left_pad, pad_token_id
 
@@ -267,6 +270,8 @@ def _score_generate(model, tokenizer, fitted, records, settings: MMLUSettings) -
             prediction = parse_letter(text)
             records[index].update({"generation": text, "generate_prediction": prediction,
                                    "generate_correct": prediction == records[index]["gold"]})
+            if finish is not None:
+                finish(records[index])
         bar.update(len(batch))
     bar.close()
 
