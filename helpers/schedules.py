@@ -198,12 +198,25 @@ def owl_schedule(ratios: Mapping[int, float], sizes: Mapping[str, int], target: 
 
 # --------------------------------------------------------------------------- the Hessian scheduler
 @torch.no_grad()
-def probe_mask(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, *, damping: float = 0.01,
-               block_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """SparseGPT's unstructured mask on the dense weight (no updates) and the scores w^2 / U_qq^2."""
-    H, W, _ = prepare_hessian(hessian, weight)
+def inverse_cholesky_diagonal(hessian: torch.Tensor, damping: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """diag(U) of SparseGPT's U = chol(damped H^-1, upper), and the dead-input mask (H_jj = 0)."""
+    dead = torch.diag(hessian) == 0
+    H, _, _ = prepare_hessian(hessian, torch.zeros(1, hessian.shape[0], device=hessian.device))
     U, _, _ = inverse_cholesky(H, damping)
-    score = W.square() / torch.diag(U).square()[None, :]
+    return torch.diag(U), dead
+
+
+@torch.no_grad()
+def probe_mask(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, *, damping: float = 0.01,
+               block_size: int = 128, factor: tuple[torch.Tensor, torch.Tensor] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """SparseGPT's unstructured mask on the dense weight (no updates) and the scores w^2 / U_qq^2.
+
+    factor: inverse_cholesky_diagonal(hessian) when already computed (layers sharing a Hessian)."""
+    diagonal, dead = factor if factor is not None else inverse_cholesky_diagonal(hessian, damping)
+    W = weight.float().clone()
+    W[:, dead] = 0
+    score = W.square() / diagonal.square()[None, :]
     mask = torch.zeros_like(W, dtype=torch.bool)
     for i1 in range(0, W.shape[1], block_size):
         block = score[:, i1:i1 + block_size]
@@ -216,9 +229,9 @@ def probe_mask(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, *, 
 
 
 def pruning_error_estimate(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, *, damping: float = 0.01,
-                           block_size: int = 128) -> float:
+                           block_size: int = 128, factor: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
     """E = 1/2 * sum of w^2 / U_qq^2 over the weights SparseGPT's mask prunes at `sparsity` (no updates)."""
-    mask, score = probe_mask(weight, hessian, sparsity, damping=damping, block_size=block_size)
+    mask, score = probe_mask(weight, hessian, sparsity, damping=damping, block_size=block_size, factor=factor)
     return float(score[mask].double().sum() / 2)
 
 
@@ -272,12 +285,17 @@ class HessianSchedulerSettings:
 
 def layer_errors(model: nn.Module, hessians: Mapping[str, torch.Tensor], probe_sparsity: float, *,
                  damping: float = 0.01, block_size: int = 128) -> dict[str, float]:
-    """pruning_error_estimate of every compressed linear at `probe_sparsity`, from stored Hessians."""
-    errors = {}
+    """pruning_error_estimate of every compressed linear at `probe_sparsity`, from stored Hessians.
+
+    One factorization per distinct Hessian tensor (q/k/v and gate/up share theirs)."""
+    errors, factors = {}, {}
     for name, linear in compressed_linears(model).items():
         weight = linear_weight(linear).detach()
-        errors[name] = pruning_error_estimate(weight, hessians[name].to(weight.device), probe_sparsity,
-                                              damping=damping, block_size=block_size)
+        key = id(hessians[name])
+        if key not in factors:
+            factors = {key: inverse_cholesky_diagonal(hessians[name].to(weight.device), damping)}  # keep one
+        errors[name] = pruning_error_estimate(weight, hessians[name], probe_sparsity, damping=damping,
+                                              block_size=block_size, factor=factors[key])
     return errors
 
 

@@ -133,6 +133,7 @@ def test_end_to_end_on_tiny_llama(tiny_llama, tokens):
     assert stats.hessians[q] is stats.hessians[k]  # one input, one stored Hessian
     sizes = layer_sizes(model)
     errors = layer_errors(model, stats.hessians, 0.7)
+    assert errors[k] == pytest.approx(pruning_error_estimate(linear_weight(linears[k]), stats.hessians[k], 0.7))
     schedule = hessian_schedule(errors, sizes, 0.7, HessianSchedulerSettings(levels=3, spread=0.1))
     check_schedule(schedule.sparsity, sizes, 0.7, 0.6, 0.8)
     owl = owl_schedule(block_outlier_ratios(model, stats.hessians), sizes, 0.7)
