@@ -56,12 +56,14 @@ PROFILES: dict[str, dict[str, dict]] = {
     "04_hessian_scheduler": {
         "tiny": {"model": "tiny-llama", "calibration_count": 4, "calibration_seq_len": 32, "eval_seq_len": 64,
                  "max_windows": 2, "sparsities": [0.5, 0.8], "quant_sparsities": [0.8], "ablation_sparsity": 0.8,
-                 "ablation_levels": [2], "ablation_probe_sparsities": [0.5], "sequential_sparsities": [0.8]},
+                 "ablation_levels": [2], "ablation_probe_sparsities": [0.5], "sequential_sparsities": [0.8],
+                 "pruned_ablations": "all", "wikitext_prune": True},
         "cpu": {},
         "paper": {"model": "facebook/opt-1.3b", "dtype": "float16", "device": "cuda", "threads": 8,
                   "calibration_count": 128, "calibration_seq_len": 2048, "eval_seq_len": 2048, "max_windows": None,
                   "sparsities": [0.5, 0.6, 0.7, 0.8], "quant_sparsities": [0.5, 0.6, 0.7, 0.8],
-                  "ablation_levels": [2, 3, 8], "ablation_probe_sparsities": [0.5, 0.8]},
+                  "ablation_sparsity": 0.7, "ablation_levels": [2, 3, 8], "ablation_probe_sparsities": [0.5, 0.8],
+                  "pruned_ablations": "all", "wikitext_prune": True, "sequential_sparsities": [0.5, 0.6, 0.7, 0.8]},
     },
 }
 
