@@ -3,9 +3,17 @@ and off, and protected outlier groups, on one model: perplexity, mean KL vs dens
 weight, wall time and peak memory. Every row is appended to a tidy results table with its settings and
 protocol as it is measured.
 
-    python benchmarks/quantization.py                       # SmolLM2-135M, ~10-15 min on 2 CPU cores
+    python benchmarks/quantization.py                       # SmolLM2-135M, the full grid (24 variants)
+    python benchmarks/quantization.py --calibration-samples 4 --eval-windows 2 --bits 3 --group-sizes 64 \
+        --act-order off --protect-bits-for 3                 # the subset that fits a loaded shared machine
     python benchmarks/quantization.py --model tiny-llama --calibration-samples 2 --calibration-length 64 \\
         --eval-windows 2 --eval-length 64 --bits 4 3          # smoke test
+
+Cost: each GPTQ variant runs 2 x N calibration forwards (statistics, then propagation through the
+quantized block) plus the OBS solves; each variant then evaluates W windows. At the nominal 1.3 s per
+512-token forward of SmolLM2 on 2 idle cores, the full default grid is estimated at 15-20 min; on a
+machine shared with other jobs forwards ran ~20x slower, so run a subset there.
+Group sizes must divide every input width: SmolLM2's 576 and 1536 allow 32, 64, 96, 192, not 128.
 
 Protocol (recorded in every row): calibration N x L tokens of C4 (seed 0, SparseGPT/GPTQ sampling),
 all decoder-block linears quantized layer by layer with inputs propagated through the already
@@ -118,7 +126,8 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-windows", type=int, default=4)
     parser.add_argument("--eval-length", type=int, default=512)
     parser.add_argument("--bits", type=int, nargs="+", default=[8, 4, 3, 2])
-    parser.add_argument("--group-sizes", type=int, nargs="+", default=[0, 128], help="0 = per output channel")
+    parser.add_argument("--group-sizes", type=int, nargs="+", default=[0, 64],
+                        help="0 = per output channel (SmolLM2's widths 576 and 1536 are not multiples of 128)")
     parser.add_argument("--methods", nargs="+", default=["rtn", "gptq"])
     parser.add_argument("--act-order", choices=["off", "on", "both"], default="both")
     parser.add_argument("--act-order-bits", type=int, nargs="+", default=[4, 3],
@@ -126,12 +135,15 @@ def main(argv=None) -> int:
     parser.add_argument("--protect-bits-for", type=int, nargs="*", default=[4, 3])
     parser.add_argument("--protect-fraction", type=float, default=0.02)
     parser.add_argument("--protect-rule", default="magnitude")
-    parser.add_argument("--protect-group-size", type=int, default=128)
+    parser.add_argument("--protect-group-size", type=int, default=64)
     parser.add_argument("--results", default="results/benchmark_quantization.jsonl")
     args = parser.parse_args(argv)
 
     variants = build_variants(args)  # bad settings fail here, before any model is loaded
     model, tokenizer = load_model(args.model, device=args.device)
+    for variant in variants:  # group sizes must divide every input width: fail before the slow work
+        for name, module in compressed_linears(model).items():
+            variant.recipe.quant.check_columns(linear_weight(module).shape[1], name)
     if args.model.startswith("smollm2"):
         print(DEGENERATE_NOTE)
     windows = evaluation_windows(tokenizer, seq_len=args.eval_length, max_windows=args.eval_windows)

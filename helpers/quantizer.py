@@ -79,13 +79,14 @@ class QuantSettings:
         return self.protects and self.protect_rule == "hessian"
 
     def check_columns(self, columns: int, layer: str = "") -> None:
+        divisors = [d for d in (16, 32, 48, 64, 96, 128, 192, 256) if columns % d == 0]
         if self.group_size is not None and columns % self.group_size:
             raise ValueError(f"group_size={self.group_size} does not divide the input width {columns}"
-                             f"{' of ' + layer if layer else ''}; pick a divisor (e.g. 32, 64, 128) or None.")
+                             f"{' of ' + layer if layer else ''}; pick a divisor (e.g. {divisors}) or None.")
         if self.protects and columns % self.protection_group_size:
             raise ValueError(f"protection group size {self.protection_group_size} does not divide the input "
                              f"width {columns}{' of ' + layer if layer else ''}; set protect_group_size to a "
-                             "divisor (e.g. 32, 64, 128).")
+                             f"divisor (e.g. {divisors}).")
 
     def as_dict(self) -> dict:
         return asdict(self)
