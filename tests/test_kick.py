@@ -1,0 +1,119 @@
+"""helpers.kick: comparisons with the dense model, storage bits, and the skip-on-re-run sweep."""
+import math
+
+import pytest
+import torch
+
+from helpers.compress import Recipe, compress_model
+from helpers.data import evaluation_windows
+from helpers.kick import (KickSweep, KickTask, above_chance, add_normalized, answer_agreement, bits_per_weight,
+                          choice_distribution, choice_total_variation, generation_similarity, recorded_points,
+                          retained)
+from helpers.longcontext import Variant
+from helpers.metrics import DenseReference
+from helpers.models import load_model
+from helpers.quantizer import QuantSettings
+from helpers.results import ResultsTable
+from helpers.tasks import GenerationSettings, KVRetrievalSettings, MMLUSettings
+
+
+def _records(field, values):
+    return [{"index": i, field: v} for i, v in enumerate(values)]
+
+
+def test_answer_agreement_counts_equal_normalized_answers_by_index():
+    dense = _records("answer", ["Paris", "the Moon", "42", None])
+    other = list(reversed(_records("answer", ["paris.", "moon\nextra line", "41", None])))  # order must not matter
+    assert answer_agreement(dense, other, "answer") == 1.0 - 1 / 4
+    assert answer_agreement(dense, dense, "answer") == 1.0
+    with pytest.raises(ValueError, match="different examples"):
+        answer_agreement(dense, other[:2], "answer")
+
+
+def test_choice_total_variation_is_zero_for_equal_beliefs_and_one_for_disjoint():
+    loglik = {"A": -1.0, "B": -2.0, "C": -3.0, "D": -0.5}
+    shifted = {k: v - 7.0 for k, v in loglik.items()}  # a constant shift leaves the softmax unchanged
+    assert choice_total_variation([{"index": 0, "loglik": loglik}], [{"index": 0, "loglik": shifted}]) == \
+        pytest.approx(0.0, abs=1e-12)
+    sure_a = {"A": 0.0, "B": -200.0, "C": -200.0, "D": -200.0}
+    sure_b = {"A": -200.0, "B": 0.0, "C": -200.0, "D": -200.0}
+    assert choice_total_variation([{"index": 0, "loglik": sure_a}], [{"index": 0, "loglik": sure_b}]) == \
+        pytest.approx(1.0)
+    p = choice_distribution(loglik)
+    assert sum(p.values()) == pytest.approx(1.0) and max(p, key=p.get) == "D"
+
+
+def test_generation_similarity_is_one_for_identical_text_and_lower_otherwise():
+    dense = _records("generation", ["the cat sat on the mat", "a b c"])
+    assert generation_similarity(dense, dense) == 1.0
+    changed = _records("generation", ["the cat sat on the mat", "x y z"])
+    assert generation_similarity(dense, changed) == pytest.approx(0.5)
+
+
+def test_normalizations():
+    assert retained(0.3, 0.6) == 0.5 and math.isnan(retained(0.1, 0.0))
+    assert above_chance(0.25, 0.45, 0.25) == 0.0 and above_chance(0.35, 0.45, 0.25) == pytest.approx(0.5)
+    assert math.isnan(above_chance(0.3, 0.2, 0.25))
+
+
+def test_bits_per_weight_follows_the_stated_convention(tiny_llama):
+    model, _ = tiny_llama
+    assert bits_per_weight(model, None) == 16.0
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    report = compress_model(model, Recipe(method="magnitude", sparsity=0.5), progress=False)
+    assert bits_per_weight(model, report) == pytest.approx(0.5 * 16 + 1)  # kept fp16 values + 1-bit mask
+    model.load_state_dict(state)
+    report = compress_model(model, Recipe(method="rtn", quant=QuantSettings(bits=4)), progress=False)
+    columns = {m.weight.shape[1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+               and name.startswith("model.layers")}
+    # 4-bit codes + per output row an fp16 scale and a 4-bit zero point: 4 + 20 / columns.
+    expected = [4 + 20 / c for c in columns]
+    assert min(expected) - 1e-9 <= bits_per_weight(model, report) <= max(expected) + 1e-9
+
+
+def test_sweep_records_every_task_beside_perplexity_and_skips_recorded_points(tmp_path):
+    model, tokenizer = load_model("tiny-llama", layers=2, seed=3)
+    windows = evaluation_windows(tokenizer, seq_len=32, max_windows=2)
+    quiet = GenerationSettings(max_new_tokens=4, progress=False)
+    tasks = [KickTask("kv", "kv_retrieval", 2, KVRetrievalSettings(n_pairs=2, generation=quiet)),
+             KickTask("mmlu", "mmlu", 2, MMLUSettings(shots=0, scorings=("loglik",), progress=False,
+                                                    max_context_tokens=None))]
+    table = ResultsTable(tmp_path / "results.jsonl")
+    protocol = {"windows": 2, "seq_len": 32}
+    sweep = KickSweep(model, tokenizer, "tiny-llama", table, DenseReference(model, windows, progress=False),
+                      tmp_path / "records", protocol, log=lambda message: None)
+    unchanged = Variant("magnitude 0%", Recipe(method="magnitude", sparsity=0.0), family="pruning")
+    halved = Variant("magnitude 50%", Recipe(method="magnitude", sparsity=0.5), family="pruning")
+    sweep.run([unchanged, halved], tasks)
+    frame = recorded_points(table, "tiny-llama", protocol)
+    value = frame.set_index(["label", "task", "metric"])["value"]
+    # A variant that changes no weight agrees with the dense model everywhere.
+    assert value["magnitude 0%", "wikitext2", "perplexity"] == pytest.approx(value["dense", "wikitext2", "perplexity"])
+    assert value["magnitude 0%", "wikitext2", "mean_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert value["magnitude 0%", "kv", "agreement"] == 1.0 and value["magnitude 0%", "mmlu", "agreement"] == 1.0
+    assert value["magnitude 0%", "mmlu", "choice_total_variation"] == pytest.approx(0.0, abs=1e-6)
+    assert value["magnitude 50%", "wikitext2", "mean_kl"] > 0
+    assert 0 <= value["magnitude 50%", "kv", "agreement"] <= 1
+    assert set(frame.label) == {"dense", "magnitude 0%", "magnitude 50%"}
+    assert frame[frame.label == "magnitude 50%"].bits_per_weight.iloc[0] == pytest.approx(9.0, abs=0.01)
+    normalized = add_normalized(frame)
+    scores = normalized[(normalized.metric == "score") & (normalized.label == "magnitude 0%")]
+    assert ((scores.retained == 1.0) | scores.retained.isna()).all()
+    # Records of every point are saved with their label, so judges can re-run; a re-run adds nothing.
+    assert (tmp_path / "records" / "kv.jsonl").read_text().count('"label": "magnitude 50%"') == 2
+    before = len(table.records())
+    fresh = KickSweep(model, tokenizer, "tiny-llama", table, sweep.reference, tmp_path / "records", protocol,
+                      log=lambda message: None)
+    fresh.run([unchanged, halved], tasks)
+    assert len(table.records()) == before
+    # A new point after a restart reads the dense records back from disk for its agreement.
+    fresh.run([Variant("magnitude 30%", Recipe(method="magnitude", sparsity=0.3), family="pruning")], tasks[:1])
+    assert recorded_points(table, "tiny-llama", protocol).query("label == 'magnitude 30%' and metric == 'agreement'") \
+        .shape[0] == 1
+
+
+def test_task_settings_are_checked():
+    with pytest.raises(ValueError, match="kind='nope'"):
+        KickTask("x", "nope", 2)
+    with pytest.raises(ValueError, match="positive count"):
+        KickTask("x", "mmlu", 0)
