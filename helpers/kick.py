@@ -165,9 +165,12 @@ def above_chance(score: float, dense_score: float, chance: float) -> float:
 def bits_per_weight(model: nn.Module, report: CompressionReport | None, *, dense_bits: int = 16) -> float:
     """Bits per decoder-linear weight under the module docstring's convention.
 
-    Quantized (rtn / gptq): codes + grids as counted by the compression report. Otherwise: kept
-    weights at `dense_bits` plus a 1-bit-per-position mask when any weight is exactly zero.
+    No report (the uncompressed model): `dense_bits`. Quantized (rtn / gptq): codes + grids as
+    counted by the compression report. Otherwise: kept weights at `dense_bits` plus a
+    1-bit-per-position mask when any weight is exactly zero.
     """
+    if report is None:
+        return float(dense_bits)
     if report is not None and report.layers and all("storage_bits" in v for v in report.layers.values()):
         from .protect import model_effective_bits
 
@@ -421,3 +424,41 @@ def add_normalized(frame, chance: dict[str, float] | None = None):
     frame["above_chance"] = [above_chance(v, dense.get(t, float("nan")), chance.get(t, 0.0)) if m == "score"
                              else float("nan") for t, m, v in zip(frame.task, frame.metric, frame.value)]
     return frame
+
+
+def dense_similarity(frame, tasks: Sequence[KickTask], records_dir: str | Path):
+    """Graded closeness to the dense model's answers, recomputed from the saved records.
+
+    One row per (point, task) of `frame` (a `recorded_points` frame; the records used are the
+    attempts its score rows name), metric "similarity": for MMLU 1 - total variation between the
+    dense and compressed distributions over the choices; for the other tasks the ROUGE-L F1 of the
+    compressed model's answer against the dense model's answer on the same example (1 = identical).
+    Exact agreement is all-or-nothing on free text; this measure moves with partial changes.
+    """
+    import pandas as pd
+
+    out = []
+    for task in tasks:
+        path = Path(records_dir) / f"{task.name}.jsonl"
+        scores = frame[(frame.task == task.name) & (frame.metric == "score")]
+        if scores.empty or DENSE_LABEL not in set(scores.label) or not path.exists():
+            continue
+        grouped: dict[tuple, list[dict]] = {}
+        for record in read_records(path):
+            grouped.setdefault((record.get("label"), record.get("attempt")), []).append(record)
+        dense_attempt = scores[scores.label == DENSE_LABEL].attempt.iloc[-1]
+        dense = grouped.get((DENSE_LABEL, dense_attempt))
+        if not dense:
+            continue
+        for _, row in scores.iterrows():
+            mine = grouped.get((row.label, row.attempt))
+            if not mine:
+                continue
+            if task.kind == "mmlu":
+                value = 1.0 - choice_total_variation(dense, mine)
+            else:
+                value = generation_similarity(dense, mine, field=task.answer_field)
+            out.append({**row.to_dict(), "metric": "similarity", "value": value,
+                        "similarity_measure": "1 - TV over choices" if task.kind == "mmlu" else
+                        f"ROUGE-L F1 of {task.answer_field} vs dense"})
+    return pd.DataFrame(out)

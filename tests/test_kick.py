@@ -7,8 +7,8 @@ import torch
 from helpers.compress import Recipe, compress_model
 from helpers.data import evaluation_windows
 from helpers.kick import (KickSweep, KickTask, above_chance, add_normalized, answer_agreement, bits_per_weight,
-                          choice_distribution, choice_total_variation, generation_similarity, recorded_points,
-                          retained)
+                          choice_distribution, choice_total_variation, dense_similarity, generation_similarity,
+                          recorded_points, retained)
 from helpers.longcontext import Variant
 from helpers.metrics import DenseReference
 from helpers.models import load_model
@@ -58,7 +58,7 @@ def test_normalizations():
 
 def test_bits_per_weight_follows_the_stated_convention(tiny_llama):
     model, _ = tiny_llama
-    assert bits_per_weight(model, None) == 16.0
+    assert bits_per_weight(model, None) == 16.0  # the uncompressed model is stored dense
     state = {k: v.clone() for k, v in model.state_dict().items()}
     report = compress_model(model, Recipe(method="magnitude", sparsity=0.5), progress=False)
     assert bits_per_weight(model, report) == pytest.approx(0.5 * 16 + 1)  # kept fp16 values + 1-bit mask
@@ -96,6 +96,10 @@ def test_sweep_records_every_task_beside_perplexity_and_skips_recorded_points(tm
     assert 0 <= value["magnitude 50%", "kv", "agreement"] <= 1
     assert set(frame.label) == {"dense", "magnitude 0%", "magnitude 50%"}
     assert frame[frame.label == "magnitude 50%"].bits_per_weight.iloc[0] == pytest.approx(9.0, abs=0.01)
+    similarity = dense_similarity(frame, tasks, tmp_path / "records").set_index(["label", "task"])["value"]
+    assert similarity["dense", "kv"] == 1.0 and similarity["magnitude 0%", "kv"] == 1.0
+    assert similarity["magnitude 0%", "mmlu"] == pytest.approx(1.0)
+    assert 0 <= similarity["magnitude 50%", "kv"] <= 1
     normalized = add_normalized(frame)
     scores = normalized[(normalized.metric == "score") & (normalized.label == "magnitude 0%")]
     assert ((scores.retained == 1.0) | scores.retained.isna()).all()
