@@ -65,6 +65,27 @@ PROFILES: dict[str, dict[str, dict]] = {
                   "ablation_sparsity": 0.7, "ablation_levels": [2, 3, 8], "ablation_probe_sparsities": [0.5, 0.8],
                   "pruned_ablations": "all", "wikitext_prune": True, "sequential_sparsities": [0.5, 0.6, 0.7, 0.8]},
     },
+    "01_context_length_kl": {
+        "tiny": {"model": "tiny-llama", "max_context": 128, "n_windows": 2, "smallest_context": 16,
+                 "methods": [{"method": "magnitude", "sparsity": 0.5}, {"method": "random", "sparsity": 0.1},
+                             {"method": "rtn", "bits": 4, "group_size": None},
+                             {"method": "gptq", "bits": 3, "group_size": None}],
+                 "calibration_samples": 4, "calibration_seq_len": 64, "simulation_positions": 128},
+        "cpu": {},
+        "paper": {"model": "togethercomputer/LLaMA-2-7B-32K", "dtype": "float16", "device": "cuda",
+                  "max_context": 32768, "n_windows": 8, "smallest_context": 1024,
+                  "calibration_samples": 128, "calibration_seq_len": 2048, "simulation_positions": 4096},
+    },
+    "02_outlier_protection": {
+        "tiny": {"model": "tiny-llama", "max_context": 64, "n_windows": 2, "smallest_context": 8,
+                 "bit_widths": [3], "protect_fractions": [0.0, 0.05], "group_sizes": [32],
+                 "heatmap_fraction": 0.05, "calibration_samples": 4, "calibration_seq_len": 32},
+        "cpu": {},
+        "paper": {"model": "togethercomputer/LLaMA-2-7B-32K", "dtype": "float16", "device": "cuda",
+                  "max_context": 32768, "n_windows": 8, "smallest_context": 1024,
+                  "protect_fractions": [0.0, 0.005, 0.01, 0.02, 0.05], "group_sizes": [128],
+                  "calibration_samples": 128, "calibration_seq_len": 2048},
+    },
 }
 
 
