@@ -406,25 +406,27 @@ def bench_kl(args, record) -> None:
 
 
 def bench_model(args, record) -> None:
+    """One row per solver, each recorded as soon as it is done (a timeout loses only the later one)."""
     implementations = ["fast"] + ([] if args.skip_model_reference else ["reference"])
-    row = {"section": "model", "label": f"{args.model} sparsegpt 50% cal {args.model_samples}x{args.model_seq_len}",
-           "model": args.model, "calibration_samples": args.model_samples,
-           "calibration_seq_len": args.model_seq_len, "repeats": 1}
+    fast_compression = None
     for implementation in implementations:
+        row = {"section": "model", "label": f"{args.model} sparsegpt 50% cal {args.model_samples}x"
+               f"{args.model_seq_len}" + (" (reference solver)" if implementation == "reference" else ""),
+               "model": args.model, "implementation": implementation, "calibration_samples": args.model_samples,
+               "calibration_seq_len": args.model_seq_len, "repeats": 1}
         result = run_worker({"worker": "model", "implementation": implementation, "model": args.model,
                              "samples": args.model_samples, "seq_len": args.model_seq_len, "device": args.device,
                              "threads": args.threads}, timeout=3600)
-        prefix = "" if implementation == "fast" else "reference_"
         if "error" in result:
-            row[prefix + "note"] = result["error"]
-            continue
-        row.update({prefix + key: value for key, value in result.items() if key != "peak_bytes"})
-        row[prefix + "peak_mib"] = result["peak_bytes"] / 2 ** 20
-    if "seconds_total" in row:
-        row["median_seconds"] = row["seconds_total"]
-    if "reference_seconds_compression" in row and "seconds_compression" in row:
-        row["speedup"] = row["reference_seconds_compression"] / row["seconds_compression"]
-    record(row)
+            row["note"] = result["error"]
+        else:
+            row.update({key: value for key, value in result.items() if key != "peak_bytes"})
+            row.update(median_seconds=result["seconds_total"], peak_mib=result["peak_bytes"] / 2 ** 20)
+            if implementation == "fast":
+                fast_compression = result["seconds_compression"]
+            elif fast_compression:
+                row["speedup"] = result["seconds_compression"] / fast_compression
+        record(row)
 
 
 SECTIONS = {"layers": bench_layers, "hessian": bench_hessian, "kl": bench_kl, "model": bench_model}
