@@ -108,8 +108,15 @@ def _load_offline(alias: str, dtype: torch.dtype):
 
     float_copy = cache_dir() / f"{alias}-float"
     if (float_copy / "config.json").exists():
-        tokenizer = AutoTokenizer.from_pretrained(float_copy)
-        model = AutoModelForCausalLM.from_pretrained(float_copy, dtype=dtype)
+        from transformers.utils import logging as hf_logging
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a sub-second load: a bar is only noise in notebook outputs
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(float_copy)
+            model = AutoModelForCausalLM.from_pretrained(float_copy, dtype=dtype)
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
         return model, tokenizer
     gguf = _GGUF_SOURCES[alias]()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
