@@ -20,6 +20,7 @@ from torch import nn
 
 from .data import CalibrationSettings, calibration_samples
 from .engine import run_layerwise
+from .metrics import sparsity_report
 from .models import compressed_linears, linear_weight, set_linear_weight
 from .obs import CholeskyFailure, obs_solve
 from .protect import layer_protection, quantization_info
@@ -322,7 +323,5 @@ def compress_model(model: nn.Module, recipe: Recipe, *, tokenizer=None, calibrat
         for name, linear in linears.items():
             layers[name] = method.compress(name, linear, None)
         messages = []
-    zeros = sum(int((linear_weight(m) == 0).sum()) for m in linears.values())
-    total = sum(linear_weight(m).numel() for m in linears.values())
-    return CompressionReport(recipe=recipe.as_dict(), layers=layers, achieved_sparsity=zeros / total,
+    return CompressionReport(recipe=recipe.as_dict(), layers=layers, achieved_sparsity=sparsity_report(model)["total"],
                              seconds=time.perf_counter() - start, warnings=messages)

@@ -40,8 +40,8 @@ from .compress import CompressionReport, compress_model
 from .data import CalibrationSettings, calibration_samples
 from .longcontext import ModelSnapshot, Variant
 from .metrics import DenseReference, evaluate
-from .models import compressed_linears, linear_weight
 from .results import ResultsTable, run_key
+from .schedules import storage_bits_per_weight
 from .tasks import (evaluate_factoid_qa, evaluate_instruction_following, evaluate_kv_retrieval, evaluate_mmlu,
                     evaluate_retrieval_qa, evaluate_summarization, normalize_answer, read_records)
 from .tasks.records import TaskResult
@@ -171,17 +171,11 @@ def bits_per_weight(model: nn.Module, report: CompressionReport | None, *, dense
     """
     if report is None:
         return float(dense_bits)
-    if report is not None and report.layers and all("storage_bits" in v for v in report.layers.values()):
+    if report.layers and all("storage_bits" in v for v in report.layers.values()):
         from .protect import model_effective_bits
 
         return model_effective_bits(report.layers)
-    total_bits = total_weights = 0
-    for linear in compressed_linears(model).values():
-        weight = linear_weight(linear)
-        kept = int((weight != 0).sum())
-        total_bits += kept * dense_bits + (weight.numel() if kept < weight.numel() else 0)
-        total_weights += weight.numel()
-    return total_bits / total_weights
+    return storage_bits_per_weight(model, value_bits_dense=dense_bits)
 
 
 # --------------------------------------------------------------------------- tasks

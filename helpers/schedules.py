@@ -42,6 +42,7 @@ from torch import nn
 
 from .compress import METHODS, CompressionReport, OBSMethod, Recipe
 from .engine import run_layerwise
+from .metrics import sparsity_report
 from .models import compressed_linears, linear_weight
 from .obs import inverse_cholesky, prepare_hessian
 from .quantizer import QuantSettings
@@ -398,9 +399,7 @@ def compress_with_hessians(model: nn.Module, recipe: Recipe, hessians: Mapping[s
         warnings.simplefilter("always")
         for name, linear in linears.items():
             layers[name] = method.compress(name, linear, _StoredHessian(hessians[name].to(linear.weight.device)))
-    zeros = sum(int((linear_weight(m) == 0).sum()) for m in linears.values())
-    total = sum(linear_weight(m).numel() for m in linears.values())
-    return CompressionReport(recipe=recipe.as_dict(), layers=layers, achieved_sparsity=zeros / total,
+    return CompressionReport(recipe=recipe.as_dict(), layers=layers, achieved_sparsity=sparsity_report(model)["total"],
                              seconds=time.perf_counter() - start, warnings=[str(w.message) for w in caught])
 
 
