@@ -33,7 +33,7 @@ notebooks: install
 
 # PROFILE=cpu (default) refreshes the committed notebooks and figures/; tiny and paper write to build/<profile>.
 reproduce: install
-	$(BIN)/python -m helpers.reproduce --profile $(PROFILE) $(if $(filter cpu,$(PROFILE)),--inplace)
+	$(BIN)/python -m helpers.running.reproduce --profile $(PROFILE) $(if $(filter cpu,$(PROFILE)),--inplace)
 
 benchmarks: install
 	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done

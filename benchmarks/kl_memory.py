@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from helpers.compress import Recipe, compress_model
+from helpers.compression.compress import Recipe, compress_model
 from helpers.data import evaluation_windows
-from helpers.metrics import DenseReference, evaluate
+from helpers.evaluation.metrics import DenseReference, evaluate
 from helpers.models import load_model
-from helpers.quantizer import QuantSettings
+from helpers.compression.quantizer import QuantSettings
 
 
 def peak_mib() -> float:

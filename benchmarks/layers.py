@@ -8,17 +8,17 @@ implementation of the same algorithm in the same run.
 
 Sections (--only picks some):
   layers   per-layer compression time of SparseGPT (50%, 2:4), GPTQ (4-bit per channel, act-order,
-           groups of 128) and Wanda (50%) through the production path (helpers.compress methods'
-           compress_weight), vs helpers.obs.obs_solve_reference (column by column, no blocks, no lazy
+           groups of 128) and Wanda (50%) through the production path (helpers.compression.compress methods'
+           compress_weight), vs helpers.compression.obs.obs_solve_reference (column by column, no blocks, no lazy
            batching) and a per-row Wanda loop; random weights, correlated random inputs
            X = Z @ A + noise. For the OBS methods, time / (counted FLOPs at the matmul throughput
            measured just before, on this device, in this run): see `obs_flops`.
   hessian  seconds per calibration token of HessianCollector.add_batch vs a per-token Python loop of
            rank-1 updates.
-  kl       time and peak memory of helpers.metrics.kl_from_hidden (chunked) vs
-           helpers.metrics.kl_unchunked (full logits) through a SmolLM2-sized head (vocab 49152,
+  kl       time and peak memory of helpers.evaluation.metrics.kl_from_hidden (chunked) vs
+           helpers.evaluation.metrics.kl_unchunked (full logits) through a SmolLM2-sized head (vocab 49152,
            hidden 576) against context length; the unchunked one is skipped past --unchunked-max-gib.
-  model    whole-model SparseGPT 50% on SmolLM2-135M through helpers.engine.run_layerwise, with its
+  model    whole-model SparseGPT 50% on SmolLM2-135M through helpers.compression.engine.run_layerwise, with its
            statistics / compression / propagation split (EngineReport), vs the same run with the
            reference OBS solver.
 
@@ -54,11 +54,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from helpers.compress import METHODS, Recipe  # noqa: E402
-from helpers.obs import obs_solve_reference  # noqa: E402
-from helpers.pruning import wanda_scores  # noqa: E402
-from helpers.quantizer import GridQuantizer, QuantSettings  # noqa: E402
-from helpers.stats import HessianCollector, InputNormCollector  # noqa: E402
+from helpers.compression.compress import METHODS, Recipe  # noqa: E402
+from helpers.compression.obs import obs_solve_reference  # noqa: E402
+from helpers.compression.pruning import wanda_scores  # noqa: E402
+from helpers.compression.quantizer import GridQuantizer, QuantSettings  # noqa: E402
+from helpers.compression.stats import HessianCollector, InputNormCollector  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,7 +113,7 @@ def random_weight(rows: int, columns: int, seed: int = 1, device: str = "cpu") -
 
 # --------------------------------------------------------------------------- straightforward versions
 def obs_layer_reference(weight: torch.Tensor, hessian: torch.Tensor, recipe: Recipe) -> torch.Tensor:
-    """The OBS methods' compress_weight with helpers.obs.obs_solve_reference as the solver (same
+    """The OBS methods' compress_weight with helpers.compression.obs.obs_solve_reference as the solver (same
     act-order permutation, quantizer and mask rules; no blocks, no lazy batching)."""
     quant = recipe.quant
     sparsity = recipe.sparsity_for("layer") if METHODS[recipe.method].prunes else 0.0
@@ -240,7 +240,7 @@ def run_worker(task: dict, timeout: float = 1800) -> dict:
 
 
 class HeadModel(nn.Module):
-    """Just enough of a causal LM for helpers.metrics: an output head and a config."""
+    """Just enough of a causal LM for helpers.evaluation.metrics: an output head and a config."""
 
     def __init__(self, vocab_size: int, hidden_size: int, device: str):
         super().__init__()
@@ -254,7 +254,7 @@ class HeadModel(nn.Module):
 
 @torch.no_grad()
 def kl_worker(task: dict) -> dict:
-    from helpers.metrics import kl_from_hidden, kl_unchunked
+    from helpers.evaluation.metrics import kl_from_hidden, kl_unchunked
     torch.set_num_threads(task["threads"])
     device, tokens = task["device"], task["context"]
     torch.manual_seed(0)
@@ -273,9 +273,9 @@ def kl_worker(task: dict) -> dict:
 
 @torch.no_grad()
 def model_worker(task: dict) -> dict:
-    import helpers.compress as compress
+    import helpers.compression.compress as compress
     from helpers.data import CalibrationSettings, calibration_samples
-    from helpers.engine import run_layerwise
+    from helpers.compression.engine import run_layerwise
     from helpers.models import load_model
     torch.set_num_threads(task["threads"])
     if task["implementation"] == "reference":

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from helpers.compress import Recipe, compress_model
+from helpers.compression.compress import Recipe, compress_model
 from helpers.data import CalibrationSettings, calibration_samples, evaluation_windows
-from helpers.metrics import DenseReference, evaluate, sparsity_report
+from helpers.evaluation.metrics import DenseReference, evaluate, sparsity_report
 from helpers.models import load_model
 from helpers.results import environment
 

@@ -37,12 +37,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from helpers.compress import Recipe, compress_model  # noqa: E402
+from helpers.compression.compress import Recipe, compress_model  # noqa: E402
 from helpers.data import CalibrationSettings, calibration_samples, evaluation_windows  # noqa: E402
-from helpers.metrics import DenseReference, evaluate  # noqa: E402
+from helpers.evaluation.metrics import DenseReference, evaluate  # noqa: E402
 from helpers.models import compressed_linears, linear_weight, load_model, set_linear_weight  # noqa: E402
-from helpers.protect import model_effective_bits  # noqa: E402
-from helpers.quantizer import QuantSettings  # noqa: E402
+from helpers.compression.protect import model_effective_bits  # noqa: E402
+from helpers.compression.quantizer import QuantSettings  # noqa: E402
 from helpers.results import ResultsTable, run_key  # noqa: E402
 
 DEGENERATE_NOTE = ("Note: SmolLM2-135M's reference weights are the dequantized Q4_1 GGUF checkpoint, i.e. already on "

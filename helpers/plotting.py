@@ -5,7 +5,7 @@
     save_figure(fig, "01_pruning_ppl", output_dir, table, finding="...", protocol=protocol)
 
 `save_figure` writes `<name>.png`, `<name>.csv` (the rows the figure shows) and, when a finding is
-given, `<name>.md`: one markdown line that `python -m helpers.reproduce` gathers into
+given, `<name>.md`: one markdown line that `python -m helpers.running.reproduce` gathers into
 figures/SUMMARY.md.
 """
 from __future__ import annotations

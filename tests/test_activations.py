@@ -3,7 +3,7 @@ bits, almost nothing at 8 bits, stay causal, and are always removed."""
 import pytest
 import torch
 
-from helpers.activations import (ActivationSettings, KVSettings, attention_projections, fake_quantize,
+from helpers.compression.activations import (ActivationSettings, KVSettings, attention_projections, fake_quantize,
                                  kv_cache_bits_per_value, quantize_activations, quantize_kv, quantize_kv_cache)
 from helpers.models import compressed_linears, load_model
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers.compress import Recipe
-from helpers.metrics import kl_from_hidden, kl_unchunked
-from helpers.obs import _lowest_mask
-from helpers.pruning import wanda_mask
-from helpers.stats import HessianCollector, InputNormCollector
+from helpers.compression.compress import Recipe
+from helpers.evaluation.metrics import kl_from_hidden, kl_unchunked
+from helpers.compression.obs import _lowest_mask
+from helpers.compression.pruning import wanda_mask
+from helpers.compression.stats import HessianCollector, InputNormCollector
 
 _PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "layers.py"
 _spec = importlib.util.spec_from_file_location("benchmark_layers", _PATH)

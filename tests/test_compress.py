@@ -7,12 +7,12 @@ import warnings
 import pytest
 import torch
 
-from helpers import compress as compress_module
-from helpers.compress import METHODS, Recipe, SparseGPT, compress_model
+from helpers.compression import compress as compress_module
+from helpers.compression.compress import METHODS, Recipe, SparseGPT, compress_model
 from helpers.models import compressed_linears, linear_weight, load_model
-from helpers.obs import CholeskyFailure
-from helpers.pruning import magnitude_mask
-from helpers.quantizer import QuantSettings
+from helpers.compression.obs import CholeskyFailure
+from helpers.compression.pruning import magnitude_mask
+from helpers.compression.quantizer import QuantSettings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -211,7 +211,7 @@ def test_cholesky_failure_in_a_model_is_recorded_not_raised(tiny_llama, monkeypa
 
 # --------------------------------------------------------------------------- command line
 def test_compress_command_on_tiny_llama(tmp_path, capsys):
-    from helpers.cli import main
+    from helpers.running.cli import main
 
     torch.save(calibration(4, 64, seed=7), tmp_path / "calibration.pt")
     torch.save(torch.randint(0, 256, (4 * 48,), generator=torch.Generator().manual_seed(8)), tmp_path / "eval.pt")

@@ -105,7 +105,7 @@ def test_packaged_smollm2_loads_and_predicts_text(tmp_path):
     model, tokenizer = load_model("smollm2-135m")
     assert model.config.num_hidden_layers == 30
     windows = evaluation_windows(tokenizer, seq_len=128, max_windows=2)
-    from helpers.metrics import perplexity
+    from helpers.evaluation.metrics import perplexity
     ppl = perplexity(model, windows, progress=False)
     assert 5 < ppl < 100  # a real LM on Wikipedia text; random weights would give ~49k
 

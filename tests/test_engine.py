@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from helpers.engine import NoCompression, block_outputs, capture_block_inputs, input_hooks, run_layerwise
+from helpers.compression.engine import NoCompression, block_outputs, capture_block_inputs, input_hooks, run_layerwise
 from helpers.models import decoder_layers, linear_layers, linear_weight
-from helpers.stats import HessianCollector
+from helpers.compression.stats import HessianCollector
 
 
 def _plain_block_outputs(model, tokens):

@@ -53,7 +53,7 @@ def test_no_absolute_paths(path):
     found = [f"{where}: ...{text[max(0, m.start() - 30):m.end() + 30]!r}..."
              for where, text in strings(read(path)) for m in ABSOLUTE_PATH.finditer(text)]
     assert not found, (f"{path.name} holds absolute paths (use paths relative to notebooks/; "
-                       "`python -m helpers.reproduce` makes executed outputs relative):\n" + "\n".join(found[:5]))
+                       "`python -m helpers.running.reproduce` makes executed outputs relative):\n" + "\n".join(found[:5]))
 
 
 @each

@@ -19,7 +19,7 @@ import pytest
 requests = pytest.importorskip("requests")
 websocket = pytest.importorskip("websocket")  # websocket-client, a jupyter_server dependency
 
-from helpers.reproduce import profile_parameters  # noqa: E402
+from helpers.running.reproduce import profile_parameters  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = "notebooks/00_quickstart.ipynb"

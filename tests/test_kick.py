@@ -1,20 +1,20 @@
-"""helpers.kick: comparisons with the dense model, storage bits, and the skip-on-re-run sweep."""
+"""helpers.experiments.kick: comparisons with the dense model, storage bits, and the skip-on-re-run sweep."""
 import math
 
 import pytest
 import torch
 
-from helpers.compress import Recipe, compress_model
+from helpers.compression.compress import Recipe, compress_model
 from helpers.data import evaluation_windows
-from helpers.kick import (KickSweep, KickTask, above_chance, add_normalized, answer_agreement, bits_per_weight,
+from helpers.experiments.kick import (KickSweep, KickTask, above_chance, add_normalized, answer_agreement, bits_per_weight,
                           choice_distribution, choice_total_variation, dense_similarity, generation_similarity,
                           recorded_points, retained)
-from helpers.longcontext import Variant
-from helpers.metrics import DenseReference
+from helpers.experiments.longcontext import Variant
+from helpers.evaluation.metrics import DenseReference
 from helpers.models import load_model
-from helpers.quantizer import QuantSettings
+from helpers.compression.quantizer import QuantSettings
 from helpers.results import ResultsTable
-from helpers.tasks import GenerationSettings, KVRetrievalSettings, MMLUSettings
+from helpers.evaluation.tasks import GenerationSettings, KVRetrievalSettings, MMLUSettings
 
 
 def _records(field, values):

@@ -1,18 +1,18 @@
-"""Invariants of helpers.longcontext: binning, context means, uncertainty, the noise simulation, skipping."""
+"""Invariants of helpers.experiments.longcontext: binning, context means, uncertainty, the noise simulation, skipping."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from helpers.compress import Recipe
-from helpers.longcontext import (ModelSnapshot, Variant, binned_mean, bin_centers, bootstrap_interval,
+from helpers.compression.compress import Recipe
+from helpers.experiments.longcontext import (ModelSnapshot, Variant, binned_mean, bin_centers, bootstrap_interval,
                                  context_kl, context_lengths, growth_exponent, log_bin_edges,
                                  recorded_frame, run_variants, simulate_attention_noise, standard_error,
                                  summarize_windows)
-from helpers.metrics import DenseReference
+from helpers.evaluation.metrics import DenseReference
 from helpers.models import compressed_linears, linear_weight, load_model
-from helpers.quantizer import QuantSettings
+from helpers.compression.quantizer import QuantSettings
 from helpers.results import ResultsTable
 
 
@@ -158,7 +158,7 @@ def test_run_variants_rejects_duplicate_labels(tiny, tmp_path):
 
 
 def test_spec_builders_label_and_validate():
-    from helpers.longcontext import activation_variant, variant_from_spec
+    from helpers.experiments.longcontext import activation_variant, variant_from_spec
     assert variant_from_spec({"method": "wanda", "sparsity": 0.5}).label == "wanda 50%"
     gptq = variant_from_spec({"method": "gptq", "bits": 3, "group_size": 128})
     assert gptq.label == "GPTQ 3-bit g128" and gptq.recipe.quant.group_size == 128 and gptq.family == "quantization"
@@ -173,7 +173,7 @@ def test_spec_builders_label_and_validate():
 
 
 def test_kv_variant_changes_outputs_and_hooks_leave(tiny, tmp_path):
-    from helpers.longcontext import activation_variant
+    from helpers.experiments.longcontext import activation_variant
     model, windows, reference = tiny
     table = ResultsTable(tmp_path / "r.jsonl")
     run_variants(model, [activation_variant({"kv_bits": 3})], reference, table, model_name="m", protocol={},
@@ -185,7 +185,7 @@ def test_kv_variant_changes_outputs_and_hooks_leave(tiny, tmp_path):
 
 
 def test_protection_variant_records_effective_bits(tiny, tmp_path):
-    from helpers.longcontext import protection_rows, protection_variant
+    from helpers.experiments.longcontext import protection_rows, protection_variant
     model, _, reference = tiny
     plain = protection_variant(bits=3, group_size=32, protect_fraction=0.0)
     kept = protection_variant(bits=3, group_size=32, protect_fraction=0.1, protect_rule="magnitude")

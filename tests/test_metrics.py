@@ -2,9 +2,9 @@ import math
 
 import torch
 
-from helpers.metrics import (DenseReference, evaluate, final_hidden, kl_from_hidden, kl_unchunked,
+from helpers.evaluation.metrics import (DenseReference, evaluate, final_hidden, kl_from_hidden, kl_unchunked,
                              log_probs, sparsity_report, token_nll)
-from helpers.stats import HessianCollector, InputNormCollector
+from helpers.compression.stats import HessianCollector, InputNormCollector
 
 
 def test_kl_of_a_model_with_itself_is_exactly_zero(tiny, tokens):

@@ -6,7 +6,7 @@ copy in a subprocess: every cell must run without error, and cells whose first l
 `# NBVAL_CHECK_OUTPUT` must print what the committed (cpu-profile) run printed. The copy runs in
 build/nbval/notebooks, so the notebook's relative `../figures` and `../results` land in build/nbval.
 
-Register a notebook's tiny parameters in helpers.reproduce.PROFILES; each tiny run must take about
+Register a notebook's tiny parameters in helpers.running.reproduce.PROFILES; each tiny run must take about
 2 minutes at most (TINY_BUDGET_SECONDS, with slack for a busy machine).
 """
 import os
@@ -19,7 +19,7 @@ import nbformat
 import pytest
 from papermill.parameterize import parameterize_notebook
 
-from helpers.reproduce import PROFILES, find_notebooks, profile_parameters
+from helpers.running.reproduce import PROFILES, find_notebooks, profile_parameters
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "build" / "nbval"
@@ -58,4 +58,4 @@ def test_notebook_runs_tiny_and_keeps_checked_outputs(notebook):
         "# NBVAL_CHECK_OUTPUT cell means the notebook now prints something else than its committed run: "
         "fix the change, or re-run `make reproduce` and commit the new outputs.\n" + proc.stdout[-6000:])
     assert seconds < TINY_BUDGET_SECONDS, (f"{notebook.name} took {seconds:.0f} s in the tiny profile; "
-                                           "shrink its tiny parameters in helpers.reproduce.PROFILES")
+                                           "shrink its tiny parameters in helpers.running.reproduce.PROFILES")

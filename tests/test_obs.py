@@ -4,9 +4,9 @@ quantization on a fixed grid, reconstruction better than magnitude / Wanda, robu
 import pytest
 import torch
 
-from helpers.obs import CholeskyFailure, inverse_cholesky, obs_solve, obs_solve_reference
-from helpers.pruning import Pattern, magnitude_mask, wanda_mask
-from helpers.quantizer import GridQuantizer, QuantSettings, dequantize, fit_grid, rtn
+from helpers.compression.obs import CholeskyFailure, inverse_cholesky, obs_solve, obs_solve_reference
+from helpers.compression.pruning import Pattern, magnitude_mask, wanda_mask
+from helpers.compression.quantizer import GridQuantizer, QuantSettings, dequantize, fit_grid, rtn
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 ROWS, COLUMNS = 32, 256  # two blocks of 128 columns

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from helpers.compress import Recipe, compress_model
+from helpers.compression.compress import Recipe, compress_model
 from helpers.models import compressed_linears, linear_weight, load_model
-from helpers.obs import obs_solve
-from helpers.protect import (effective_bits, group_scores, model_effective_bits, protected_count,
+from helpers.compression.obs import obs_solve
+from helpers.compression.protect import (effective_bits, group_scores, model_effective_bits, protected_count,
                              protection_maps, select_protected_groups, storage_bits)
-from helpers.quantizer import GridQuantizer, QuantSettings, expand_groups, fit_grid, rtn
+from helpers.compression.quantizer import GridQuantizer, QuantSettings, expand_groups, fit_grid, rtn
 
 ROWS, COLUMNS = 32, 256
 

@@ -3,7 +3,7 @@ patterns, the pruned weights are the lowest-scoring ones, seeded randomness, and
 import pytest
 import torch
 
-from helpers.pruning import (Pattern, check_sparsity, layer_seed, magnitude_mask, mask_from_scores, random_mask,
+from helpers.compression.pruning import (Pattern, check_sparsity, layer_seed, magnitude_mask, mask_from_scores, random_mask,
                              wanda_mask, wanda_scores)
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -3,10 +3,10 @@ identity Hessian, better layer output than RTN on correlated inputs), and bad se
 import pytest
 import torch
 
-from helpers.compress import Recipe, compress_model
+from helpers.compression.compress import Recipe, compress_model
 from helpers.models import compressed_linears, linear_weight
-from helpers.obs import obs_solve
-from helpers.quantizer import GridQuantizer, QuantSettings, dequantize, fit_grid, max_level, rtn
+from helpers.compression.obs import obs_solve
+from helpers.compression.quantizer import GridQuantizer, QuantSettings, dequantize, fit_grid, max_level, rtn
 
 ROWS, COLUMNS = 24, 256
 
@@ -36,7 +36,7 @@ def output_error(x, weight, quantized):
 
 
 def gptq(weight, hessian, settings):
-    """GPTQ as helpers.compress runs it (act-order permutation and un-permutation included)."""
+    """GPTQ as helpers.compression.compress runs it (act-order permutation and un-permutation included)."""
     permutation = torch.argsort(torch.diag(hessian), descending=True) if settings.act_order else None
     w, h = (weight, hessian) if permutation is None else (weight[:, permutation], hessian[permutation][:, permutation])
     result = obs_solve(w, h, quantizer=GridQuantizer(settings, permutation))
@@ -177,7 +177,7 @@ def test_groups_straddling_a_block_boundary_are_fitted_on_fully_updated_weights(
     """Group size 48 with 128-column blocks: the group at columns 96..143 starts inside one block and ends
     in the next. Its grid must be fitted on the weights after every earlier column's update, as the
     column-by-column reference does, so the blocked loop and the reference agree."""
-    from helpers.obs import obs_solve_reference
+    from helpers.compression.obs import obs_solve_reference
     x = correlated_inputs[:, :192]
     w = torch.randn(ROWS, 192, generator=torch.Generator().manual_seed(4))
     settings = QuantSettings(bits=3, group_size=48)

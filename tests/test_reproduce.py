@@ -1,11 +1,11 @@
-"""helpers.reproduce on small synthetic notebooks: parameters per profile, failures, skipping, SUMMARY.md."""
+"""helpers.running.reproduce on small synthetic notebooks: parameters per profile, failures, skipping, SUMMARY.md."""
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from helpers import reproduce as rp
+from helpers.running import reproduce as rp
 
 METADATA = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
             "language_info": {"name": "python"}}

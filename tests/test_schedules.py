@@ -3,11 +3,11 @@ import copy
 import pytest
 import torch
 
-from helpers.compress import Recipe, SparseGPT
-from helpers.engine import run_layerwise
+from helpers.compression.compress import Recipe, SparseGPT
+from helpers.compression.engine import run_layerwise
 from helpers.models import compressed_linears, linear_weight
-from helpers.obs import obs_solve
-from helpers.schedules import (HessianSchedulerSettings, OWLSettings, block_outlier_ratios, check_schedule,
+from helpers.compression.obs import obs_solve
+from helpers.compression.schedules import (HessianSchedulerSettings, OWLSettings, block_outlier_ratios, check_schedule,
                                cluster_levels, collect_dense_hessians, compress_with_hessians, hessian_schedule,
                                layer_errors, layer_sizes, outlier_ratio, owl_schedule, probe_mask,
                                pruning_error_estimate, solve_shift, storage_bits_per_weight, uniform_schedule,

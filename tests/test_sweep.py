@@ -1,10 +1,10 @@
-"""helpers.sweep: grids expand into papermill jobs; the submitit path works with its local executor."""
+"""helpers.running.sweep: grids expand into papermill jobs; the submitit path works with its local executor."""
 import json
 from pathlib import Path
 
 import pytest
 
-from helpers.sweep import expand_grid, parse_grid, plan, submit
+from helpers.running.sweep import expand_grid, parse_grid, plan, submit
 
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = REPO / "notebooks" / "00_quickstart.ipynb"

@@ -1,16 +1,16 @@
-"""Invariants of the LLM-KICK evaluation tasks (helpers.tasks) on tiny random models."""
+"""Invariants of the LLM-KICK evaluation tasks (helpers.evaluation.tasks) on tiny random models."""
 import json
 
 import pytest
 import torch
 
 from helpers.models import ByteTokenizer, load_model
-from helpers.tasks import (FactoidSettings, GenerationSettings, KVRetrievalSettings, MMLUSettings, RetrievalQASettings,
+from helpers.evaluation.tasks import (FactoidSettings, GenerationSettings, KVRetrievalSettings, MMLUSettings, RetrievalQASettings,
                            contains_match, evaluate_factoid_qa, evaluate_kv_retrieval, evaluate_mmlu,
                            evaluate_retrieval_qa, exact_match, first_line, generate, mmlu_prompt, normalize_answer,
                            parse_letter, read_records)
-from helpers.tasks import factoid, retrieval
-from helpers.tasks.mmlu import fit_prompt, loglik_choices, subsample, _Encoder
+from helpers.evaluation.tasks import factoid, retrieval
+from helpers.evaluation.tasks.mmlu import fit_prompt, loglik_choices, subsample, _Encoder
 
 QUIET = GenerationSettings(max_new_tokens=4, progress=False)
 

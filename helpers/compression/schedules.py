@@ -42,8 +42,8 @@ from torch import nn
 
 from .compress import METHODS, CompressionReport, OBSMethod, Recipe
 from .engine import run_layerwise
-from .metrics import sparsity_report
-from .models import compressed_linears, linear_weight
+from ..evaluation.metrics import sparsity_report
+from ..models import compressed_linears, linear_weight
 from .obs import inverse_cholesky, prepare_hessian
 from .quantizer import QuantSettings
 from .stats import HessianCollector

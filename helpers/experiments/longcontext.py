@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .compress import CompressionReport, Recipe, compress_model
-from .metrics import DenseReference, evaluate
-from .results import ResultsTable, run_key
+from ..compression.compress import CompressionReport, Recipe, compress_model
+from ..evaluation.metrics import DenseReference, evaluate
+from ..results import ResultsTable, run_key
 
 
 # --------------------------------------------------------------------------- positions and contexts
@@ -208,7 +208,7 @@ class ModelSnapshot:
 class Variant:
     """One compressed variant to compare with the dense reference.
 
-    `recipe` compresses the weights through helpers.compress; `during_evaluation(model)` returns a
+    `recipe` compresses the weights through helpers.compression.compress; `during_evaluation(model)` returns a
     context manager held while the variant is evaluated (activation or KV-cache quantization);
     `settings` is recorded beside the results (put there what the label alone does not say).
     """
@@ -328,13 +328,13 @@ def recorded_frame(table: ResultsTable, model_name: str, protocol: dict, labels:
 
 def variant_from_spec(spec: dict, calibration=None) -> Variant:
     """A Variant from a plain notebook parameter such as {"method": "wanda", "sparsity": 0.5} or
-    {"method": "gptq", "bits": 3, "group_size": 128} (weight-only methods of helpers.compress).
+    {"method": "gptq", "bits": 3, "group_size": 128} (weight-only methods of helpers.compression.compress).
 
     Pruning methods take `sparsity` (and optionally `pattern`); quantization methods take `bits`,
     `group_size` (None: per output channel) and `symmetric`. The label names every setting given.
     """
-    from .compress import METHODS
-    from .quantizer import QuantSettings
+    from ..compression.compress import METHODS
+    from ..compression.quantizer import QuantSettings
 
     spec = dict(spec)
     method = spec.pop("method", None)
@@ -367,14 +367,14 @@ def variant_from_spec(spec: dict, calibration=None) -> Variant:
 
 def activation_variant(spec: dict, calibration=None) -> Variant:
     """A Variant that fake-quantizes activations and/or the KV cache while it is evaluated
-    (helpers.activations), optionally on top of round-to-nearest weights:
+    (helpers.compression.activations), optionally on top of round-to-nearest weights:
 
         {"weight_bits": 4, "activation_bits": 8}   # W4A8: per-channel RTN weights, per-token 8-bit inputs
         {"kv_bits": 4}                             # KV4: keys and values per (token, head), weights dense
     Optional keys: weight_group_size (None: per output channel), label, kv_granularity.
     """
-    from .activations import ActivationSettings, KVSettings, quantize_activations, quantize_kv_cache
-    from .quantizer import QuantSettings
+    from ..compression.activations import ActivationSettings, KVSettings, quantize_activations, quantize_kv_cache
+    from ..compression.quantizer import QuantSettings
 
     spec = dict(spec)
     known = {"weight_bits", "weight_group_size", "activation_bits", "kv_bits", "kv_granularity", "label"}
@@ -412,9 +412,9 @@ def protection_variant(*, method: str = "rtn", bits: int, group_size: int | None
                        protect_rule: str = "magnitude", protect_bits: int = 8, protect_group_size: int | None = None,
                        calibration=None) -> Variant:
     """A weight-quantization Variant that keeps `protect_fraction` of the weight groups at `protect_bits`
-    (helpers.protect, arXiv 2406.06773's fix). The plain settings are also recorded flat in
+    (helpers.compression.protect, arXiv 2406.06773's fix). The plain settings are also recorded flat in
     `settings` so tables can group by them."""
-    from .quantizer import QuantSettings
+    from ..compression.quantizer import QuantSettings
 
     if method not in ("rtn", "gptq"):
         raise ValueError(f"method={method!r}; protected groups are supported for 'rtn' and 'gptq'.")
@@ -436,7 +436,7 @@ def protection_rows(report: CompressionReport | None, *, layer_maps: bool = Fals
     """Rows from a quantization report: effective bits per weight of the model and, with `layer_maps`,
     per layer the number of protected groups and how concentrated they are in input columns
     (share of the protected groups that lie in the single most-protected column of groups)."""
-    from .protect import model_effective_bits, protection_maps
+    from ..compression.protect import model_effective_bits, protection_maps
 
     if report is None:
         return []

@@ -22,7 +22,7 @@ Storage convention for "equal model size" comparisons (bits per decoder-linear w
 and head excluded): a pruned fp16 model stores its kept weights at 16 bits plus a 1-bit-per-position
 bitmap (50% unstructured or 2:4 -> 0.5 x 16 + 1 = 9 bits; the 2:4 hardware format's 2-bit index per
 kept weight is the same 1 bit per position); a quantized model stores b-bit codes plus an fp16 scale
-and a b-bit zero point per grid (helpers.protect.storage_bits).
+and a b-bit zero point per grid (helpers.compression.protect.storage_bits).
 """
 from __future__ import annotations
 
@@ -36,15 +36,15 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .compress import CompressionReport, compress_model
-from .data import CalibrationSettings, calibration_samples
+from ..compression.compress import CompressionReport, compress_model
+from ..data import CalibrationSettings, calibration_samples
 from .longcontext import ModelSnapshot, Variant
-from .metrics import DenseReference, evaluate
-from .results import ResultsTable, run_key
-from .schedules import storage_bits_per_weight
-from .tasks import (evaluate_factoid_qa, evaluate_instruction_following, evaluate_kv_retrieval, evaluate_mmlu,
+from ..evaluation.metrics import DenseReference, evaluate
+from ..results import ResultsTable, run_key
+from ..compression.schedules import storage_bits_per_weight
+from ..evaluation.tasks import (evaluate_factoid_qa, evaluate_instruction_following, evaluate_kv_retrieval, evaluate_mmlu,
                     evaluate_retrieval_qa, evaluate_summarization, normalize_answer, read_records)
-from .tasks.records import TaskResult
+from ..evaluation.tasks.records import TaskResult
 
 TASK_KINDS: dict[str, Callable] = {
     "mmlu": evaluate_mmlu,
@@ -70,7 +70,7 @@ def _by_index(records: Sequence[dict], what: str) -> dict[int, dict]:
     for record in records:
         if "index" not in record:
             raise ValueError(f"a {what} record has no 'index' field (keys {sorted(record)}); compare records "
-                             "written by helpers.tasks, which number their examples.")
+                             "written by helpers.evaluation.tasks, which number their examples.")
         out[int(record["index"])] = record
     return out
 
@@ -172,7 +172,7 @@ def bits_per_weight(model: nn.Module, report: CompressionReport | None, *, dense
     if report is None:
         return float(dense_bits)
     if report.layers and all("storage_bits" in v for v in report.layers.values()):
-        from .protect import model_effective_bits
+        from ..compression.protect import model_effective_bits
 
         return model_effective_bits(report.layers)
     return storage_bits_per_weight(model, value_bits_dense=dense_bits)
@@ -222,7 +222,7 @@ class KickTask:
             kwargs["settings"] = self.settings
         if self.kind == "mmlu":  # MMLU subsamples through its settings (n_total / n_per_subject)
             if self.settings is None or (self.settings.n_total is None and self.settings.n_per_subject is None):
-                from .tasks import MMLUSettings
+                from ..evaluation.tasks import MMLUSettings
 
                 base = self.settings or MMLUSettings()
                 kwargs["settings"] = replace(base, n_total=self.examples) if self.examples else base

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..data import load_dataset
+from ...data import load_dataset
 from .common import mean, select_examples
 from .generation import context_length, encode, format_prompt, uses_chat_template
 from .records import TaskResult, Timer, as_writer

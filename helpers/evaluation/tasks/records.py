@@ -2,7 +2,7 @@
 
 Every task writes one line per example as soon as it is scored, so a crash loses nothing and a
 judge can re-score the saved generations later without running the model again
-(`read_records`, then `helpers.tasks.judges.judge_records`).
+(`read_records`, then `helpers.evaluation.tasks.judges.judge_records`).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..results import _plain
+from ...results import _plain
 
 
 class RecordWriter:

@@ -5,7 +5,7 @@ int n, or None for the whole set -- and returns a `TaskResult` (records: one dic
 prompt, generation, gold and score; aggregate: the task's scores; settings: what was run). Give
 `records_path=` to append every record to a JSON-lines file as it is produced.
 
-    from helpers.tasks import evaluate_factoid_qa, evaluate_mmlu, MMLUSettings
+    from helpers.evaluation.tasks import evaluate_factoid_qa, evaluate_mmlu, MMLUSettings
     result = evaluate_factoid_qa(model, tokenizer, 100, records_path="runs/freebase.jsonl")
     result.aggregate["accuracy"]; result.log(ResultsTable("results/results.jsonl"), model="smollm2-135m")
 """

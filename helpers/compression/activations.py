@@ -40,7 +40,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .models import compressed_linears
+from ..models import compressed_linears
 
 ACTIVATION_GRANULARITIES = ("per_token", "per_tensor")
 KV_GRANULARITIES = ("per_token_head", "per_channel")

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .models import _module_path, decoder_layers, linear_layers
+from ..models import _module_path, decoder_layers, linear_layers
 
 
 class LayerMethod(Protocol):

@@ -40,7 +40,7 @@ class JudgeError(RuntimeError):
 # --------------------------------------------------------------------------- LLM-KICK prompts and parsing
 def load_judge_prompts(kind: str) -> tuple[list[dict], list[dict]]:
     """(prompt templates, reviewers) of LLM-KICK for a judge kind."""
-    from ..data import load_dataset
+    from ...data import load_dataset
 
     if kind not in JUDGE_KINDS:
         raise ValueError(f"judge kind {kind!r} is not known; expected one of {JUDGE_KINDS}.")

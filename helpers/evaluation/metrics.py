@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .models import compressed_linears, linear_weight
+from ..models import compressed_linears, linear_weight
 
 # Elements of one [chunk, vocab] logits block: bounds the head's working memory (~128 MiB fp32).
 HEAD_CHUNK_ELEMENTS = 1 << 25

@@ -3,7 +3,7 @@
 A weight group is `g = settings.protection_group_size` consecutive input weights of one output row,
 so a [rows, columns] matrix has rows * columns / g groups. A fraction p of them (exactly
 round(p * n_groups) per matrix, chosen over the whole matrix) is kept at `protect_bits` while the
-rest is quantized at `bits` (RTN or GPTQ: helpers.quantizer.rtn / GridQuantizer take the map).
+rest is quantized at `bits` (RTN or GPTQ: helpers.compression.quantizer.rtn / GridQuantizer take the map).
 
 Selection rules (`settings.protect_rule`), highest score protected:
     'magnitude': max |w_ij| over the group. The max, not the L2 norm, because the largest |w| is what
@@ -171,7 +171,7 @@ def protection_maps(layers: Mapping[str, dict]) -> dict[str, torch.Tensor]:
     return {name: info["protected_groups"] for name, info in layers.items() if "protected_groups" in info}
 
 
-# --------------------------------------------------------------------------- used by helpers.compress
+# --------------------------------------------------------------------------- used by helpers.compression.compress
 def layer_protection(weight: torch.Tensor, settings: QuantSettings, *, hessian_diagonal: torch.Tensor | None = None,
                      seed: int = 0, name: str = "") -> torch.Tensor | None:
     """The protected-group map of one layer, or None when the settings protect nothing."""

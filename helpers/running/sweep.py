@@ -1,16 +1,16 @@
 """Sweeps: a grid of notebook parameters, one papermill run per point, all results in one table.
 
-    from helpers.sweep import plan, submit
+    from helpers.running.sweep import plan, submit
     jobs = plan("notebooks/00_quickstart.ipynb", {"seq_len": [512, 1024], "bit_widths": [[4], [3]]},
                 profile="paper", folder="runs/rtn-context")
     submitted = submit(jobs, cluster="slurm", folder="runs/rtn-context",
                        timeout_min=120, gpus_per_node=1, slurm_partition="gpu")
     [job.result() for job in submitted]       # waits; the results are in runs/rtn-context/results.jsonl
 
-    python -m helpers.sweep notebooks/00_quickstart.ipynb --profile tiny --grid seq_len=32,64 \
+    python -m helpers.running.sweep notebooks/00_quickstart.ipynb --profile tiny --grid seq_len=32,64 \
         --grid 'bit_widths=[[8], [4]]' --folder runs/demo --cluster local
 
-Each job runs the notebook with the profile's parameters (helpers.reproduce.PROFILES), then the
+Each job runs the notebook with the profile's parameters (helpers.running.reproduce.PROFILES), then the
 grid point's. A notebook that declares `results_path` writes to the sweep's shared
 `<folder>/results.jsonl` (one JSON line per measurement, appended, so jobs can share it on a shared
 file system); one that declares `output_dir` gets `<folder>/figures/<job>/`. Executed notebooks go to
@@ -124,7 +124,7 @@ def _literal(text: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.sweep", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m helpers.running.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("notebook", help="the notebook to run for every grid point")
     parser.add_argument("--grid", action="append", default=[], metavar="NAME=VALUES",
                         help="a parameter and its values: seq_len=512,1024 or 'bit_widths=[[4], [3]]'; repeatable")

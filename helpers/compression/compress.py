@@ -18,10 +18,10 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .data import CalibrationSettings, calibration_samples
+from ..data import CalibrationSettings, calibration_samples
 from .engine import run_layerwise
-from .metrics import sparsity_report
-from .models import compressed_linears, linear_weight, set_linear_weight
+from ..evaluation.metrics import sparsity_report
+from ..models import compressed_linears, linear_weight, set_linear_weight
 from .obs import CholeskyFailure, obs_solve
 from .protect import layer_protection, quantization_info
 from .pruning import Pattern, check_sparsity, magnitude_mask, random_mask, wanda_mask
@@ -156,7 +156,7 @@ class Wanda(LayerMethod):
 
 class RoundToNearest(LayerMethod):
     """Round-to-nearest on the recipe's grid (simulated: weights stay dequantized in the model dtype),
-    with optional protected outlier groups (helpers.protect)."""
+    with optional protected outlier groups (helpers.compression.protect)."""
     needs_quant = True
     uses_quant = True
     prunes = False

@@ -1,8 +1,8 @@
 """Re-run every notebook in one profile and rebuild figures/SUMMARY.md.
 
-    python -m helpers.reproduce --profile tiny                 # seconds per notebook, random tiny model
-    python -m helpers.reproduce --profile cpu --inplace        # what `make reproduce` runs
-    python -m helpers.reproduce --profile paper --only 02      # a hub model on a GPU
+    python -m helpers.running.reproduce --profile tiny                 # seconds per notebook, random tiny model
+    python -m helpers.running.reproduce --profile cpu --inplace        # what `make reproduce` runs
+    python -m helpers.running.reproduce --profile paper --only 02      # a hub model on a GPU
 
 Profiles:
 - `tiny`: a random-weight tiny model and very short contexts; checks that the code runs (CI).
@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK_NAME = re.compile(r"^\d\d_.+\.ipynb$")
 PROFILE_NAMES = ("tiny", "cpu", "paper")
 
@@ -315,7 +315,7 @@ def write_summary(figures_dir: Path, profile: str) -> Path:
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
     lines = ["# Figures", "",
-             f"Made by `python -m helpers.reproduce --profile {profile}` "
+             f"Made by `python -m helpers.running.reproduce --profile {profile}` "
              f"({_dt.date.today().isoformat()}). Each figure's data is the CSV beside it; each line is the "
              "finding its notebook wrote (`helpers.plotting.save_figure(..., finding=...)`).", ""]
     pngs = sorted(figures_dir.glob("*.png"))
@@ -334,7 +334,7 @@ def write_summary(figures_dir: Path, profile: str) -> Path:
 
 # --------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m helpers.reproduce", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m helpers.running.reproduce", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", choices=PROFILE_NAMES, default="cpu",
                         help="tiny: seconds, random tiny model; cpu: the notebooks' defaults; paper: GPU scale")
     parser.add_argument("--only", action="append", metavar="NAME",

@@ -3,7 +3,7 @@
 Every function here returns dequantized values in float32 that the caller writes back into the
 model in its own dtype: no integer codes are stored and nothing gets smaller or faster. The error
 is exactly the error a real low-bit kernel would see; the storage cost is computed, not measured
-(helpers.protect.effective_bits).
+(helpers.compression.protect.effective_bits).
 
 The grid follows GPTQ's reference quantizer: asymmetric min-max with the range widened to include
 0 (xmin = min(min x, 0), xmax = max(max x, 0)), scale = (xmax - xmin) / (2^b - 1),
@@ -17,7 +17,7 @@ Protected outlier groups (arXiv 2406.06773): `protect_fraction` of the weight gr
 `protect_group_size` consecutive input weights of one output row) are kept at `protect_bits`
 (16 = left unquantized); the low-bit grids are then fitted on the other weights only, so an
 outlier group no longer stretches its channel's (or group's) range. Selection rules live in
-helpers.protect.
+helpers.compression.protect.
 """
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def rtn(weight: torch.Tensor, settings: QuantSettings, protected: torch.Tensor |
     """Round-to-nearest on the settings' grid, per channel or per group; returns float32.
 
     protected: optional boolean map [rows, columns / protection_group_size] of protected groups
-    (helpers.protect.select_protected_groups); those groups are quantized at protect_bits on their
+    (helpers.compression.protect.select_protected_groups); those groups are quantized at protect_bits on their
     own grid (or kept exact at 16) and left out of the low-bit grids' range.
     """
     w = weight.float()

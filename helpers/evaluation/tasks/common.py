@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-from ..data import load_dataset
+from ...data import load_dataset
 
 
 def select_examples(dataset: str, examples, required: Sequence[str], *, seed: int | None = None,
