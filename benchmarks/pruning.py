@@ -29,7 +29,8 @@ import torch
 
 from helpers.compression.compress import Recipe, compress_model
 from helpers.data import CalibrationSettings, calibration_samples, evaluation_windows
-from helpers.evaluation.metrics import DenseReference, evaluate, sparsity_report
+from helpers.compression.storage import sparsity_report
+from helpers.evaluation.metrics import DenseReference, evaluate
 from helpers.models import load_model
 from helpers.results import environment
 

@@ -41,7 +41,7 @@ from helpers.compression.compress import Recipe, compress_model  # noqa: E402
 from helpers.data import CalibrationSettings, calibration_samples, evaluation_windows  # noqa: E402
 from helpers.evaluation.metrics import DenseReference, evaluate  # noqa: E402
 from helpers.models import compressed_linears, linear_weight, load_model, set_linear_weight  # noqa: E402
-from helpers.compression.protect import model_effective_bits  # noqa: E402
+
 from helpers.compression.quantizer import QuantSettings  # noqa: E402
 from helpers.results import ResultsTable, run_key  # noqa: E402
 
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
                                     if variant.recipe.needs_calibration else None, progress=False)
             seconds = time.perf_counter() - t0
             result = evaluate(model, windows, reference, progress=False)
-        bits = model_effective_bits(report.layers)
+        bits = report.bits_per_weight
         fallbacks = sum(bool(v.get("fallback")) for v in report.layers.values())
         settings = variant.recipe.as_dict()
         if not variant.recipe.needs_calibration:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import platform
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -62,16 +63,32 @@ class ResultsTable:
                   "settings": _plain(settings or {}), "dataset": dataset, "protocol": _plain(protocol or {}),
                   "key": key, **_plain(extra), "versions": environment(),
                   "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        with open(self.path, "a+b") as handle:
+            handle.seek(0, 2)
+            if handle.tell():  # a line cut mid-write (a kill, a full disk) must not swallow this record
+                handle.seek(-1, 2)
+                if handle.read(1) != b"\n":
+                    line = "\n" + line
+            handle.write(line.encode("utf-8"))
             handle.flush()
         return record
 
     def records(self) -> list[dict]:
+        """Every complete record; a line that does not parse (cut mid-write) is skipped with a warning."""
         if not self.path.exists():
             return []
+        out = []
         with open(self.path, encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    warnings.warn(f"{self.path}, line {number}: not a complete JSON record ({err.msg}); skipped "
+                                  "(a run killed mid-write leaves one; what it held is measured again).")
+        return out
 
     def done(self, key: str) -> bool:
         return any(r.get("key") == key for r in self.records())

@@ -3,7 +3,8 @@ bits, almost nothing at 8 bits, stay causal, and are always removed."""
 import pytest
 import torch
 
-from helpers.compression.activations import (ActivationSettings, KVSettings, attention_projections, fake_quantize,
+from helpers.compression.quantizer import fake_quantize
+from helpers.compression.activations import (ActivationSettings, KVSettings, attention_projections,
                                  kv_cache_bits_per_value, quantize_activations, quantize_kv, quantize_kv_cache)
 from helpers.models import compressed_linears, load_model
 
@@ -37,12 +38,26 @@ def test_fake_quantize_per_token_stays_on_grid_within_half_a_step(bits, symmetri
     q = fake_quantize(x, bits, symmetric=symmetric, dim=-1)
     for token in q.reshape(-1, 64):
         assert len(torch.unique(token)) <= 2 ** bits
+    # the weight grid (helpers.compression.quantizer.fit_grid), one per token
     if symmetric:
-        scale = x.abs().amax(-1, keepdim=True) / (2 ** (bits - 1) - 1)
+        scale = 2 * x.abs().amax(-1, keepdim=True) / (2 ** bits - 1)
     else:
         scale = (x.amax(-1, keepdim=True).clamp(min=0) - x.amin(-1, keepdim=True).clamp(max=0)) / (2 ** bits - 1)
     assert ((q - x).abs() <= scale / 2 + 1e-6).all()
-    torch.testing.assert_close(fake_quantize(q, bits, symmetric=symmetric, dim=-1), q, rtol=0, atol=1e-6)
+    if not symmetric:  # an asymmetric grid refitted on its own values is the same grid
+        torch.testing.assert_close(fake_quantize(q, bits, symmetric=symmetric, dim=-1), q, rtol=0, atol=1e-6)
+
+
+def test_fake_quantize_is_the_weight_grid_over_any_dimensions():
+    from helpers.compression.quantizer import QuantSettings, rtn
+
+    x = torch.randn(3, 5, 16, generator=torch.Generator().manual_seed(2))
+    for symmetric in (True, False):
+        expected = rtn(x.reshape(-1, 16), QuantSettings(bits=3, symmetric=symmetric)).reshape(x.shape)
+        torch.testing.assert_close(fake_quantize(x, 3, symmetric=symmetric, dim=-1), expected, rtol=0, atol=0)
+        over_tokens = rtn(x.transpose(1, 2).reshape(-1, 5), QuantSettings(bits=3, symmetric=symmetric))
+        torch.testing.assert_close(fake_quantize(x, 3, symmetric=symmetric, dim=1),
+                                   over_tokens.reshape(3, 16, 5).transpose(1, 2), rtol=0, atol=0)
 
 
 def test_fake_quantize_keeps_zeros_and_dtype():

@@ -229,8 +229,8 @@ def test_compress_command_on_tiny_llama(tmp_path, capsys):
     assert by[("sparsegpt", "mean_kl")]["value"] > 0
     assert by[("sparsegpt", "achieved_sparsity")]["value"] == pytest.approx(0.5)
     compressed = by[("sparsegpt", "perplexity")]
-    assert compressed["settings"]["pattern"] == "2:4"
-    assert compressed["settings"]["calibration"]["n_samples"] == 4
+    assert compressed["settings"]["recipe"]["pattern"] == "2:4"
+    assert compressed["settings"]["recipe"]["calibration"]["n_samples"] == 4
     assert compressed["protocol"]["seq_len"] == 48 and compressed["protocol"]["windows_evaluated"] == 3
     assert compressed["obs_errors"]["layers"] == 14 and compressed["compression_seconds"] > 0
 

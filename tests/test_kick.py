@@ -6,10 +6,10 @@ import torch
 
 from helpers.compression.compress import Recipe, compress_model
 from helpers.data import evaluation_windows
-from helpers.experiments.kick import (KickSweep, KickTask, above_chance, add_normalized, answer_agreement, bits_per_weight,
+from helpers.experiments.kick import (KickSweep, KickTask, above_chance, add_normalized, answer_agreement,
                           choice_distribution, choice_total_variation, dense_similarity, generation_similarity,
-                          recorded_points, retained)
-from helpers.experiments.longcontext import Variant
+                          retained)
+from helpers.experiments.core import Variant, latest_frame
 from helpers.evaluation.metrics import DenseReference
 from helpers.models import load_model
 from helpers.compression.quantizer import QuantSettings
@@ -56,21 +56,6 @@ def test_normalizations():
     assert math.isnan(above_chance(0.3, 0.2, 0.25))
 
 
-def test_bits_per_weight_follows_the_stated_convention(tiny_llama):
-    model, _ = tiny_llama
-    assert bits_per_weight(model, None) == 16.0  # the uncompressed model is stored dense
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    report = compress_model(model, Recipe(method="magnitude", sparsity=0.5), progress=False)
-    assert bits_per_weight(model, report) == pytest.approx(0.5 * 16 + 1)  # kept fp16 values + 1-bit mask
-    model.load_state_dict(state)
-    report = compress_model(model, Recipe(method="rtn", quant=QuantSettings(bits=4)), progress=False)
-    columns = {m.weight.shape[1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
-               and name.startswith("model.layers")}
-    # 4-bit codes + per output row an fp16 scale and a 4-bit zero point: 4 + 20 / columns.
-    expected = [4 + 20 / c for c in columns]
-    assert min(expected) - 1e-9 <= bits_per_weight(model, report) <= max(expected) + 1e-9
-
-
 def test_sweep_records_every_task_beside_perplexity_and_skips_recorded_points(tmp_path):
     model, tokenizer = load_model("tiny-llama", layers=2, seed=3)
     windows = evaluation_windows(tokenizer, seq_len=32, max_windows=2)
@@ -85,7 +70,7 @@ def test_sweep_records_every_task_beside_perplexity_and_skips_recorded_points(tm
     unchanged = Variant("magnitude 0%", Recipe(method="magnitude", sparsity=0.0), family="pruning")
     halved = Variant("magnitude 50%", Recipe(method="magnitude", sparsity=0.5), family="pruning")
     sweep.run([unchanged, halved], tasks)
-    frame = recorded_points(table, "tiny-llama", protocol)
+    frame = latest_frame(table, model="tiny-llama", protocol=protocol)
     value = frame.set_index(["label", "task", "metric"])["value"]
     # A variant that changes no weight agrees with the dense model everywhere.
     assert value["magnitude 0%", "wikitext2", "perplexity"] == pytest.approx(value["dense", "wikitext2", "perplexity"])
@@ -112,7 +97,7 @@ def test_sweep_records_every_task_beside_perplexity_and_skips_recorded_points(tm
     assert len(table.records()) == before
     # A new point after a restart reads the dense records back from disk for its agreement.
     fresh.run([Variant("magnitude 30%", Recipe(method="magnitude", sparsity=0.3), family="pruning")], tasks[:1])
-    assert recorded_points(table, "tiny-llama", protocol).query("label == 'magnitude 30%' and metric == 'agreement'") \
+    assert latest_frame(table, model="tiny-llama", protocol=protocol).query("label == 'magnitude 30%' and metric == 'agreement'") \
         .shape[0] == 1
 
 

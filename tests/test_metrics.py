@@ -3,7 +3,8 @@ import math
 import torch
 
 from helpers.evaluation.metrics import (DenseReference, evaluate, final_hidden, kl_from_hidden, kl_unchunked,
-                             log_probs, sparsity_report, token_nll)
+                             log_probs, token_nll)
+from helpers.compression.storage import sparsity_report
 from helpers.compression.stats import HessianCollector, InputNormCollector
 
 

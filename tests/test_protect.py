@@ -8,8 +8,8 @@ import torch
 from helpers.compression.compress import Recipe, compress_model
 from helpers.models import compressed_linears, linear_weight, load_model
 from helpers.compression.obs import obs_solve
-from helpers.compression.protect import (effective_bits, group_scores, model_effective_bits, protected_count,
-                             protection_maps, select_protected_groups, storage_bits)
+from helpers.compression.protect import group_scores, protection_maps, select_protected_groups
+from helpers.compression.storage import bits_per_weight, effective_bits, protected_count, storage_bits
 from helpers.compression.quantizer import GridQuantizer, QuantSettings, expand_groups, fit_grid, rtn
 
 ROWS, COLUMNS = 32, 256
@@ -134,21 +134,21 @@ def test_effective_bits_by_hand():
     # codes (256 - 64) * 3 = 576; grids 16 * (16 + 3) = 304; protected 64 * 8 = 512 + 4 * (16 + 8) = 96;
     # index min(bitmap 16, list 4 * log2(16) = 16) = 16  ->  1504 bits / 256 weights
     settings = QuantSettings(bits=3, group_size=16, protect_fraction=0.25, protect_bits=8)
-    bits = storage_bits(settings, (4, 64))
-    assert (bits.low_codes, bits.low_grids, bits.protected_values, bits.protected_grids, bits.protected_index) == \
+    bits = storage_bits((4, 64), settings)
+    assert (bits.values, bits.grids, bits.protected_values, bits.protected_grids, bits.protected_index) == \
         (576, 304, 512, 96, 16)
-    assert effective_bits(settings, (4, 64)) == 1504 / 256
+    assert effective_bits((4, 64), settings) == 1504 / 256
     # per channel, symmetric 4-bit: 1024 * 4 + 8 fp16 scales
-    assert effective_bits(QuantSettings(bits=4, symmetric=True), (8, 128)) == (4096 + 128) / 1024
+    assert effective_bits((8, 128), QuantSettings(bits=4, symmetric=True)) == (4096 + 128) / 1024
     # protected at 16: fp16 values, no grid; 1% of 2 * 512 / 128 = 8 groups rounds to 0 -> nothing protected
-    assert storage_bits(QuantSettings(bits=3, protect_fraction=0.01), (2, 512)).protected_values == 0
+    assert storage_bits((2, 512), QuantSettings(bits=3, protect_fraction=0.01)).protected_values == 0
     # list index beats the bitmap: 2% of 4096 groups = 82 groups * 12 bits < 4096
-    big = storage_bits(QuantSettings(bits=3, group_size=128, protect_fraction=0.02, protect_bits=16), (4096, 128))
+    big = storage_bits((4096, 128), QuantSettings(bits=3, group_size=128, protect_fraction=0.02, protect_bits=16))
     assert big.protected_index == 82 * 12 and big.protected_values == 82 * 128 * 16
     # GPTQ act-order with dynamic groups stores a group index per column: 256 * log2(256 / 64)
-    assert storage_bits(QuantSettings(bits=4, group_size=64, act_order=True), (8, 256)).group_index == 256 * 2
-    assert storage_bits(QuantSettings(bits=4, group_size=64, act_order=True, static_groups=True),
-                        (8, 256)).group_index == 0
+    assert storage_bits((8, 256), QuantSettings(bits=4, group_size=64, act_order=True)).group_index == 256 * 2
+    assert storage_bits((8, 256), QuantSettings(bits=4, group_size=64, act_order=True, static_groups=True)
+                        ).group_index == 0
 
 
 @pytest.mark.parametrize("method", ["rtn", "gptq"])
@@ -168,9 +168,9 @@ def test_compress_model_records_protection_maps_and_effective_bits(method, rule)
         shape = tuple(linear_weight(linears[name]).shape)
         assert chosen.shape == (shape[0], shape[1] // 16) and chosen.dtype == torch.bool
         assert int(chosen.sum()) == protected_count(settings, shape) == report.layers[name]["protected_count"]
-        total += effective_bits(settings, shape) * shape[0] * shape[1]
+        total += effective_bits(shape, settings) * shape[0] * shape[1]
         weights += shape[0] * shape[1]
-    assert math.isclose(model_effective_bits(report.layers), total / weights)
+    assert math.isclose(bits_per_weight(report.layers), total / weights)
 
 
 def test_rtn_with_hessian_rule_needs_calibration_data():

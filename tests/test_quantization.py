@@ -139,8 +139,8 @@ def test_gptq_through_compress_model_records_per_layer_information():
     assert set(report.layers) == set(compressed_linears(model))
     for name, info in report.layers.items():
         assert info["bits"] == 4 and info["obs_error"] >= 0
-        assert info["effective_bits"] > 4  # scales, zeros and the act-order group index on top
-        assert info["storage_bits"]["group_index"] > 0 and "protected_groups" not in info
+        assert info["bits_per_weight"] > 4  # scales, zeros and the act-order group index on top
+        assert info["storage"]["group_index"] > 0 and "protected_groups" not in info
 
 
 # --------------------------------------------------------------------------- bad settings

@@ -3,6 +3,7 @@
 Simulated ("fake") quantization: tensors are rounded to a low-bit grid and immediately dequantized
 back to the model's dtype, so the error is that of a real integer kernel while the arithmetic stays
 in floating point. Nothing gets smaller or faster.
+The grid is the weights' (helpers.compression.quantizer.fake_quantize): one quantization grid.
 
     with quantize_activations(model, ActivationSettings(bits=8)):      # W?A8 with a weight recipe
         result = evaluate(model, windows, reference)
@@ -41,6 +42,7 @@ import torch
 from torch import nn
 
 from ..models import compressed_linears
+from .quantizer import fake_quantize
 
 ACTIVATION_GRANULARITIES = ("per_token", "per_tensor")
 KV_GRANULARITIES = ("per_token_head", "per_channel")
@@ -55,7 +57,10 @@ def _check_bits(bits, what: str) -> None:
 class ActivationSettings:
     """Dynamic fake quantization of every decoder linear's input."""
     bits: int = 8
-    symmetric: bool = True
+    # Asymmetric by default: the symmetric form of the one grid (GPTQ's, helpers.compression.quantizer)
+    # puts a slice's most negative value exactly on a rounding tie, so a dynamic per-token grid would
+    # flip a level with float noise (the same token in a longer batch rounding differently).
+    symmetric: bool = False
     granularity: str = "per_token"
 
     def __post_init__(self):
@@ -89,30 +94,6 @@ class KVSettings:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-@torch.no_grad()
-def fake_quantize(x: torch.Tensor, bits: int, *, symmetric: bool, dim) -> torch.Tensor:
-    """Round `x` to a `bits`-bit grid with one grid per slice reduced over `dim`; same dtype as x.
-
-    Symmetric: scale = max|x| / (2^(b-1) - 1), codes in [-(2^(b-1) - 1), 2^(b-1) - 1].
-    Asymmetric: the weight grid (range widened to hold 0, scale = (max - min) / (2^b - 1), integer
-    zero point, codes in [0, 2^b - 1]). Slices that are all zero stay zero."""
-    x32 = x.float()
-    if symmetric:
-        levels = 2 ** (bits - 1) - 1
-        scale = x32.abs().amax(dim=dim, keepdim=True) / levels
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        out = torch.clamp(torch.round(x32 / scale), -levels, levels) * scale
-    else:
-        maxq = 2 ** bits - 1
-        low = x32.amin(dim=dim, keepdim=True).clamp(max=0)
-        high = x32.amax(dim=dim, keepdim=True).clamp(min=0)
-        scale = (high - low) / maxq
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        zero = torch.round(-low / scale)
-        out = (torch.clamp(torch.round(x32 / scale) + zero, 0, maxq) - zero) * scale
-    return out.to(x.dtype)
 
 
 def quantize_activation(x: torch.Tensor, settings: ActivationSettings) -> torch.Tensor:

@@ -20,13 +20,13 @@ from torch import nn
 
 from ..data import CalibrationSettings, calibration_samples
 from .engine import run_layerwise
-from ..evaluation.metrics import sparsity_report
 from ..models import compressed_linears, linear_weight, set_linear_weight
 from .obs import CholeskyFailure, obs_solve
 from .protect import layer_protection, quantization_info
 from .pruning import Pattern, check_sparsity, magnitude_mask, random_mask, wanda_mask
 from .quantizer import GridQuantizer, QuantSettings, rtn
 from .stats import HessianCollector, InputNormCollector
+from .storage import bits_per_weight, sparsity_report, storage_bits
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,15 @@ class LayerMethod:
         weight = linear_weight(linear).detach()
         new_weight, info = self.compress_weight(name, weight, collector)
         set_linear_weight(linear, new_weight)
-        info.setdefault("achieved_sparsity", float((linear_weight(linear) == 0).float().mean()))
+        zeros = int((linear_weight(linear) == 0).sum())
+        info.setdefault("achieved_sparsity", zeros / weight.numel())
+        if "storage" not in info:
+            if self.uses_quant and self.recipe.quant is not None:
+                raise RuntimeError(f"method {self.recipe.method!r} quantized {name} without describing its storage; "
+                                   "set info['storage'] (helpers.compression.protect.quantization_info).")
+            kept = weight.numel() - zeros  # unquantized: every exact zero is a pruned position
+            storage = storage_bits(tuple(weight.shape), kept=kept)
+            info.update(storage=storage.as_dict(), bits_per_weight=storage.per_weight)
         info["seconds"] = time.perf_counter() - start
         return info
 
@@ -203,9 +211,6 @@ class OBSMethod(LayerMethod):
             weight, hessian = weight[:, permutation], hessian[permutation][:, permutation]
         quantizer = GridQuantizer(quant, permutation, protected) if quant is not None else None
         info = {"target_sparsity": sparsity}
-        if quant is not None:
-            info.update(quantization_info(quant, tuple(weight.shape), protected, permuted_groups=(
-                quant.act_order and quant.group_size is not None and not quant.static_groups)))
         try:
             result = obs_solve(weight, hessian, sparsity=sparsity, prune_n=pattern.n if sparsity else 0,
                                prune_m=pattern.m if sparsity else 0, quantizer=quantizer,
@@ -230,6 +235,10 @@ class OBSMethod(LayerMethod):
             info.update(fallback=True, warnings=[message])
         if permutation is not None:
             new_weight = new_weight[:, torch.argsort(permutation)]
+        if quant is not None:  # pruned positions are the exact zeros; a quantizer alone prunes nothing
+            kept = int((new_weight != 0).sum()) if sparsity else None
+            info.update(quantization_info(quant, tuple(weight.shape), protected, kept=kept, permuted_groups=(
+                quant.act_order and quant.group_size is not None and not quant.static_groups)))
         return new_weight, info
 
 
@@ -264,6 +273,11 @@ class CompressionReport:
     seconds: float
     seconds_calibration_forward: float = 0.0
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Bits per decoder-linear weight under helpers.compression.storage's convention."""
+        return bits_per_weight(self.layers)
 
     def summary(self) -> dict:
         errors = [v["obs_error"] for v in self.layers.values() if "obs_error" in v]

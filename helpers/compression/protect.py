@@ -1,4 +1,4 @@
-"""Protected outlier groups (arXiv 2406.06773) and what quantized weights would cost to store.
+"""Protected outlier groups (arXiv 2406.06773): which weight groups are kept at higher precision.
 
 A weight group is `g = settings.protection_group_size` consecutive input weights of one output row,
 so a [rows, columns] matrix has rows * columns / g groups. A fraction p of them (exactly
@@ -14,40 +14,17 @@ Selection rules (`settings.protect_rule`), highest score protected:
                  x_j^2 (up to a constant factor, which does not change the ranking): the OBS saliency
                  of zeroing the group ignoring off-diagonal terms. Needs calibration inputs.
 
-Storage model behind `effective_bits` (simulated quantization stores nothing; this is the count a
-packed format would need):
-    - every unprotected weight: one `bits`-bit code; protected weights are stored only once, in the
-      high-precision side table (their low-bit slot is skipped);
-    - each low-bit grid (one per output channel, or per group of group_size): an fp16 scale (16 bits)
-      plus a `bits`-bit zero point when asymmetric (symmetric grids have an implied zero);
-    - each protected group: g codes of protect_bits, plus its own fp16 scale and protect_bits zero
-      point (asymmetric); at protect_bits = 16 the values are stored as fp16 with no grid;
-    - the index saying which groups are protected: the cheaper of a bitmap (1 bit per group of the
-      matrix) and a list of ceil(log2(n_groups)) bits per protected group;
-    - GPTQ act-order with dynamic groups also needs a per-column group index (ceil(log2(columns /
-      group_size)) bits per input column); static groups and RTN do not.
+What protected groups cost to store is counted by helpers.compression.storage (the one storage model).
 """
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
 from typing import Mapping
 
 import torch
 
 from .pruning import layer_seed
 from .quantizer import QuantSettings
-
-
-def group_count(settings: QuantSettings, shape: tuple[int, int]) -> int:
-    rows, columns = shape
-    settings.check_columns(columns)
-    return rows * columns // settings.protection_group_size
-
-
-def protected_count(settings: QuantSettings, shape: tuple[int, int]) -> int:
-    """round(p * n_groups): the number of groups protected in one [rows, columns] matrix."""
-    return int(round(settings.protect_fraction * group_count(settings, shape))) if settings.protects else 0
+from .storage import protected_count, storage_bits
 
 
 @torch.no_grad()
@@ -89,83 +66,6 @@ def select_protected_groups(weight: torch.Tensor, settings: QuantSettings, *,
     return chosen.view_as(scores)
 
 
-# --------------------------------------------------------------------------- storage cost
-@dataclass(frozen=True)
-class StorageBits:
-    """Bits a packed format would need for one [rows, columns] matrix, by component."""
-    weights: int
-    low_codes: int
-    low_grids: int
-    protected_values: int
-    protected_grids: int
-    protected_index: int
-    group_index: int
-
-    @property
-    def total(self) -> int:
-        return (self.low_codes + self.low_grids + self.protected_values + self.protected_grids
-                + self.protected_index + self.group_index)
-
-    @property
-    def per_weight(self) -> float:
-        return self.total / self.weights
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "total": self.total, "per_weight": self.per_weight}
-
-
-SCALE_BITS = 16  # fp16 scales
-
-
-def storage_bits(settings: QuantSettings, shape: tuple[int, int], *, permuted_groups: bool | None = None) -> StorageBits:
-    """Count the bits of one quantized matrix under the storage model of the module docstring.
-
-    permuted_groups: whether a per-column group index is stored (GPTQ act-order with dynamic groups);
-    None = infer from the settings (act_order and group_size and not static_groups)."""
-    rows, columns = shape
-    settings.check_columns(columns)
-    n = rows * columns
-    b = settings.bits
-    zero_bits = 0 if settings.symmetric else b
-    grids = rows if settings.group_size is None else n // settings.group_size
-    k = protected_count(settings, shape)
-    g = settings.protection_group_size
-    protected_weights = k * g
-    if settings.protect_bits == 16:
-        protected_values, protected_grids = protected_weights * 16, 0
-    else:
-        protected_values = protected_weights * settings.protect_bits
-        protected_grids = k * (SCALE_BITS + (0 if settings.symmetric else settings.protect_bits))
-    index = 0
-    if k:
-        n_groups = n // g
-        index = min(n_groups, k * max(1, math.ceil(math.log2(n_groups))))
-    if permuted_groups is None:
-        permuted_groups = settings.act_order and settings.group_size is not None and not settings.static_groups
-    group_index = 0
-    if permuted_groups and settings.group_size is not None and columns // settings.group_size > 1:
-        group_index = columns * math.ceil(math.log2(columns // settings.group_size))
-    return StorageBits(weights=n, low_codes=(n - protected_weights) * b, low_grids=grids * (SCALE_BITS + zero_bits),
-                       protected_values=protected_values, protected_grids=protected_grids,
-                       protected_index=index, group_index=group_index)
-
-
-def effective_bits(settings: QuantSettings, shape: tuple[int, int], *, permuted_groups: bool | None = None) -> float:
-    """Bits per weight of one [rows, columns] matrix, everything counted (see storage_bits)."""
-    return storage_bits(settings, shape, permuted_groups=permuted_groups).per_weight
-
-
-def model_effective_bits(layers: Mapping[str, dict]) -> float:
-    """Weighted mean bits per weight over a CompressionReport's `layers` (each with 'storage_bits')."""
-    total = weights = 0
-    for name, info in layers.items():
-        if "storage_bits" not in info:
-            raise ValueError(f"layer {name!r} has no 'storage_bits' entry; was it quantized (rtn / gptq)?")
-        total += info["storage_bits"]["total"]
-        weights += info["storage_bits"]["weights"]
-    return total / weights
-
-
 def protection_maps(layers: Mapping[str, dict]) -> dict[str, torch.Tensor]:
     """{layer: boolean [rows, columns / g] map of protected groups} from a CompressionReport's layers."""
     return {name: info["protected_groups"] for name, info in layers.items() if "protected_groups" in info}
@@ -181,10 +81,11 @@ def layer_protection(weight: torch.Tensor, settings: QuantSettings, *, hessian_d
 
 
 def quantization_info(settings: QuantSettings, shape: tuple[int, int], protected: torch.Tensor | None, *,
-                      permuted_groups: bool) -> dict:
-    """Per-layer report entries: bits, storage breakdown, effective bits, protected-group map."""
-    storage = storage_bits(settings, shape, permuted_groups=permuted_groups)
-    info = {"bits": settings.bits, "storage_bits": storage.as_dict(), "effective_bits": storage.per_weight}
+                      permuted_groups: bool, kept: int | None = None) -> dict:
+    """Per-layer report entries of a quantized layer: bits, its storage (helpers.compression.storage),
+    bits per weight, and the protected-group map."""
+    storage = storage_bits(shape, settings, kept=kept, permuted_groups=permuted_groups)
+    info = {"bits": settings.bits, "storage": storage.as_dict(), "bits_per_weight": storage.per_weight}
     if protected is not None:
         info["protected_groups"] = protected.detach().cpu()
         info["protected_count"] = int(protected.sum())

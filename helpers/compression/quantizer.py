@@ -137,6 +137,22 @@ def fit_grid(weight: torch.Tensor, bits: int, symmetric: bool = False, mse: bool
     return scale[:, None], zero[:, None]
 
 
+@torch.no_grad()
+def fake_quantize(x: torch.Tensor, bits: int, *, symmetric: bool = False, dim: int | tuple[int, ...] = -1) -> torch.Tensor:
+    """`x` rounded on this module's grid, one grid per slice reduced over `dim`; same dtype as x.
+
+    The grid of fit_grid (the weight grid), applied to any tensor: activations per token, KV-cache
+    entries per (token, head) or per channel. Slices that are all zero stay zero."""
+    dims = sorted({d % x.dim() for d in ((dim,) if isinstance(dim, int) else dim)})
+    keep = [d for d in range(x.dim()) if d not in dims]
+    order = keep + dims
+    moved = x.permute(order)
+    rows = moved.reshape(-1, math.prod(moved.shape[len(keep):])).float()
+    scale, zero = fit_grid(rows, bits, symmetric)
+    out = dequantize(rows, scale, zero, max_level(bits)).reshape(moved.shape)
+    return out.permute([order.index(d) for d in range(x.dim())]).to(x.dtype)
+
+
 def dequantize(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> torch.Tensor:
     """Round `weight` to the grid and return the dequantized values."""
     q = torch.clamp(torch.round(weight / scale) + zero, 0, maxq)

@@ -42,11 +42,11 @@ from torch import nn
 
 from .compress import METHODS, CompressionReport, OBSMethod, Recipe
 from .engine import run_layerwise
-from ..evaluation.metrics import sparsity_report
 from ..models import compressed_linears, linear_weight
 from .obs import inverse_cholesky, prepare_hessian
 from .quantizer import QuantSettings
 from .stats import HessianCollector
+from .storage import sparsity_report
 
 
 # --------------------------------------------------------------------------- the mean constraint
@@ -401,26 +401,3 @@ def compress_with_hessians(model: nn.Module, recipe: Recipe, hessians: Mapping[s
             layers[name] = method.compress(name, linear, _StoredHessian(hessians[name].to(linear.weight.device)))
     return CompressionReport(recipe=recipe.as_dict(), layers=layers, achieved_sparsity=sparsity_report(model)["total"],
                              seconds=time.perf_counter() - start, warnings=[str(w.message) for w in caught])
-
-
-# --------------------------------------------------------------------------- storage
-def storage_bits_per_weight(model: nn.Module, bits: int | None = None, *, value_bits_dense: int = 16,
-                            grid_bits_per_row: int = 32) -> float:
-    """Bits per decoder-linear weight of a simple sparse format, from the weights' exact zeros.
-
-    Per layer: kept weights x value bits (`bits` if quantized, else `value_bits_dense`, i.e. fp16)
-    + a 1-bit-per-position bitmap if any weight is zero + (quantized) one fp16 scale and one fp16
-    zero point per output row (`grid_bits_per_row`). Embeddings and head are not counted.
-    """
-    total_bits = total_weights = 0
-    for linear in compressed_linears(model).values():
-        weight = linear_weight(linear)
-        kept = int((weight != 0).sum())
-        layer_bits = kept * (bits or value_bits_dense)
-        if kept < weight.numel():
-            layer_bits += weight.numel()
-        if bits:
-            layer_bits += weight.shape[0] * grid_bits_per_row
-        total_bits += layer_bits
-        total_weights += weight.numel()
-    return total_bits / total_weights

@@ -44,17 +44,3 @@ class InputNormCollector:
         if self.tokens == 0:
             raise RuntimeError("InputNormCollector saw no calibration tokens; was the layer ever called?")
         return self.sum_squares.sqrt()
-
-
-class MultiCollector:
-    """Feeds one input batch to several collectors (e.g. a Hessian and input norms)."""
-
-    def __init__(self, **collectors):
-        self.collectors = collectors
-
-    def add_batch(self, inputs: torch.Tensor) -> None:
-        for collector in self.collectors.values():
-            collector.add_batch(inputs)
-
-    def __getitem__(self, key):
-        return self.collectors[key]

@@ -131,15 +131,3 @@ def evaluate(model: nn.Module, windows: torch.Tensor, reference: DenseReference 
 def perplexity(model: nn.Module, windows: torch.Tensor, *, progress: bool = True) -> float:
     """exp(mean NLL) over non-overlapping windows (the SparseGPT / GPTQ / Wanda protocol)."""
     return evaluate(model, windows, progress=progress).perplexity
-
-
-def sparsity_report(model: nn.Module) -> dict:
-    """Fraction of exact zeros per compressed linear (decoder blocks only) and in total."""
-    layers, zeros, total = {}, 0, 0
-    for name, layer in compressed_linears(model).items():
-        weight = linear_weight(layer)
-        z = int((weight == 0).sum())
-        layers[name] = z / weight.numel()
-        zeros += z
-        total += weight.numel()
-    return {"total": zeros / max(total, 1), "parameters": total, "layers": layers}

@@ -1,10 +1,10 @@
 """Compression error as a function of context length (arXiv 2406.06773), reusable pieces.
 
-    snapshot = ModelSnapshot(model)                       # dense weights, kept once
     reference = DenseReference(model, windows)            # dense pass, done once
-    variants = [Variant("magnitude 50%", Recipe(method="magnitude", sparsity=0.5)), ...]
-    run_variants(model, variants, reference, table, model_name=..., protocol=..., snapshot=snapshot)
-    curves = position_curves(table.frame(), ...)          # figures are drawn from the table only
+    variants = [parse_variant({"method": "magnitude", "sparsity": 0.5}), parse_variant({"kv_bits": 4})]
+    Runner(model, table, model_name=..., protocol=...).run(
+        variants, [context_kl_measurement(reference, edges=edges, contexts=contexts)])
+    frame = latest_frame(table, model=..., protocol=...)  # figures are drawn from the table only
 
 Why one pass at the longest context is enough: the models are causal, so the KL at position t of a
 window of length T equals the KL at the last position of the window cut to length t + 1. The mean
@@ -18,20 +18,14 @@ next to the measured curves.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import time
-import uuid
-from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
-from ..compression.compress import CompressionReport, Recipe, compress_model
 from ..evaluation.metrics import DenseReference, evaluate
-from ..results import ResultsTable, run_key
+from .core import Measurement, Point, Variant
 
 
 # --------------------------------------------------------------------------- positions and contexts
@@ -193,51 +187,7 @@ def simulate_attention_noise(positions: int, *, dim: int = 64, noise_std: float 
     return diff.pow(2).mean(dim=(0, 2)).float()
 
 
-# --------------------------------------------------------------------------- running variants
-class ModelSnapshot:
-    """The model's weights saved once (on the CPU), restored before each variant (no reload from disk)."""
-
-    def __init__(self, model: nn.Module):
-        self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-    def restore(self, model: nn.Module) -> None:
-        model.load_state_dict(self.state)
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One compressed variant to compare with the dense reference.
-
-    `recipe` compresses the weights through helpers.compression.compress; `during_evaluation(model)` returns a
-    context manager held while the variant is evaluated (activation or KV-cache quantization);
-    `settings` is recorded beside the results (put there what the label alone does not say).
-    """
-    label: str
-    recipe: Recipe | None = None
-    during_evaluation: Callable[[nn.Module], ContextManager] | None = None
-    settings: dict = field(default_factory=dict)
-    family: str = ""   # e.g. "pruning", "quantization", "activations": groups variants in figures
-
-    def __post_init__(self):
-        if self.recipe is None and self.during_evaluation is None:
-            raise ValueError(f"variant {self.label!r} has neither a recipe nor a during_evaluation context; "
-                             "give at least one (the dense model is the reference, not a variant).")
-
-    @property
-    def method(self) -> str:
-        return self.recipe.method if self.recipe is not None else self.settings.get("method", self.label)
-
-    def record_settings(self) -> dict:
-        out = dict(self.settings)
-        if self.recipe is not None:
-            out["recipe"] = self.recipe.as_dict()
-        return out
-
-
-def variant_key(variant: Variant, model_name: str, protocol: dict) -> str:
-    return run_key(model=model_name, label=variant.label, settings=variant.record_settings(), protocol=protocol)
-
-
+# --------------------------------------------------------------------------- measurements for the runner
 def variant_records(kl: torch.Tensor, nll: torch.Tensor, *, edges: Sequence[int],
                     contexts: Sequence[int]) -> list[dict]:
     """Tidy rows of one evaluated variant: perplexity, mean KL, KL per log bin and per context, per window."""
@@ -255,198 +205,33 @@ def variant_records(kl: torch.Tensor, nll: torch.Tensor, *, edges: Sequence[int]
     return rows
 
 
-def run_variants(model: nn.Module, variants: Sequence[Variant], reference: DenseReference,
-                 table: ResultsTable, *, model_name: str, protocol: dict, snapshot: ModelSnapshot,
-                 edges: Sequence[int], contexts: Sequence[int], tokenizer=None,
-                 calibration_ids: torch.Tensor | None = None, device=None,
-                 report_rows: Callable[[Variant, CompressionReport | None], list[dict]] | None = None,
-                 run: str | None = None, log=print) -> dict[str, CompressionReport | None]:
-    """Compress, evaluate against `reference` and record each variant; skip those already recorded.
+def context_kl_measurement(reference: DenseReference, *, edges: Sequence[int], contexts: Sequence[int],
+                           dataset: str | None = None) -> Measurement:
+    """KL(dense || variant) per position of the reference's windows, binned by position and by context."""
+    def measure(point: Point) -> list[dict]:
+        result = evaluate(point.model, reference.windows, reference, progress=False)
+        return variant_records(result.kl, result.nll, edges=edges, contexts=contexts)
 
-    The model is restored from `snapshot` before each variant and left dense at the end. All rows of
-    a variant are written together once it is measured, tagged with its key (so a re-run skips it)
-    and an `attempt` id. `report_rows(variant, report)` may add rows (e.g. effective bits per weight,
-    per-layer maps). Returns the compression reports of the variants run now.
-    """
-    labels = [v.label for v in variants]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"variant labels must be unique (they name the curves); got {labels}.")
-    reports = {}
-    for variant in variants:
-        key = variant_key(variant, model_name, protocol)
-        if table.done(key):
-            log(f"{variant.label}: already recorded, skipped")
-            continue
-        snapshot.restore(model)
-        started = time.perf_counter()
-        report = None
-        if variant.recipe is not None:
-            report = compress_model(model, variant.recipe, tokenizer=tokenizer, calibration_ids=calibration_ids,
-                                    device=device, progress=False)
-        compress_seconds = time.perf_counter() - started
-        context = variant.during_evaluation(model) if variant.during_evaluation else contextlib.nullcontext()
-        with context:
-            result = evaluate(model, reference.windows, reference, progress=False)
-        evaluate_seconds = time.perf_counter() - started - compress_seconds
-        rows = variant_records(result.kl, result.nll, edges=edges, contexts=contexts)
-        rows.append({"metric": "seconds_compress", "value": compress_seconds})
-        rows.append({"metric": "seconds_evaluate", "value": evaluate_seconds})
-        if report is not None:
-            rows.append({"metric": "achieved_sparsity", "value": report.achieved_sparsity})
-        if report_rows is not None:
-            rows.extend(report_rows(variant, report))
-        attempt = uuid.uuid4().hex[:12]
-        common = {"model": model_name, "method": variant.method, "settings": variant.record_settings(),
-                  "dataset": protocol.get("dataset"), "protocol": protocol, "key": key, "label": variant.label,
-                  "family": variant.family, "attempt": attempt, "run": run}
-        for row in rows:
-            table.append(**{**common, **row})
-        reports[variant.label] = report
-        log(f"{variant.label}: perplexity {rows[0]['value']:.3f}, mean KL {rows[1]['value']:.4g} "
-            f"(compress {compress_seconds:.0f} s, evaluate {evaluate_seconds:.0f} s)")
-    snapshot.restore(model)
-    return reports
+    return Measurement("context_kl", measure, {"edges": list(edges), "contexts": list(contexts)}, dataset)
 
 
-def recorded_frame(table: ResultsTable, model_name: str, protocol: dict, labels: Iterable[str] | None = None):
-    """The table's rows for this model and protocol: one attempt per variant (the latest), as a DataFrame."""
-    import pandas as pd
+def protection_measurement(layer_maps: Callable[[Variant], bool] = lambda variant: False) -> Measurement:
+    """Per layer, for the variants `layer_maps` selects: the number of protected groups and how
+    concentrated they are in input columns (share of the protected groups in the single
+    most-protected column of groups). Variants without protected groups give no rows."""
+    from ..compression.protect import protection_maps
 
-    records = [r for r in table.records() if r.get("model") == model_name and r.get("protocol") == protocol
-               and r.get("attempt")]
-    if labels is not None:
-        wanted = set(labels)
-        records = [r for r in records if r.get("label") in wanted]
-    if not records:
-        return pd.DataFrame()
-    latest = {}
-    for record in records:  # file order is time order: the last attempt of a key wins
-        latest[record["key"]] = record["attempt"]
-    records = [r for r in records if latest[r["key"]] == r["attempt"]]
-    return pd.json_normalize(records)
-
-
-def variant_from_spec(spec: dict, calibration=None) -> Variant:
-    """A Variant from a plain notebook parameter such as {"method": "wanda", "sparsity": 0.5} or
-    {"method": "gptq", "bits": 3, "group_size": 128} (weight-only methods of helpers.compression.compress).
-
-    Pruning methods take `sparsity` (and optionally `pattern`); quantization methods take `bits`,
-    `group_size` (None: per output channel) and `symmetric`. The label names every setting given.
-    """
-    from ..compression.compress import METHODS
-    from ..compression.quantizer import QuantSettings
-
-    spec = dict(spec)
-    method = spec.pop("method", None)
-    if method not in METHODS:
-        raise ValueError(f"method spec {spec!r} has method={method!r}; expected one of {sorted(METHODS)}.")
-    extra = {k: spec.pop(k) for k in ("label", "family") if k in spec}
-    if METHODS[method].needs_quant:
-        unknown = set(spec) - {"bits", "group_size", "symmetric"}
-        if unknown or "bits" not in spec:
-            raise ValueError(f"{method} spec {spec!r}: expected keys bits (required), group_size, symmetric; "
-                             f"got unknown {sorted(unknown)}.")
-        quant = QuantSettings(bits=int(spec["bits"]), group_size=spec.get("group_size"),
-                              symmetric=bool(spec.get("symmetric", False)))
-        recipe = Recipe(method=method, quant=quant, **({"calibration": calibration} if calibration else {}))
-        grid = f"g{quant.group_size}" if quant.group_size else "per-channel"
-        label = f"{method.upper()} {quant.bits}-bit {grid}"
-        family = "quantization"
-    else:
-        unknown = set(spec) - {"sparsity", "pattern"}
-        if unknown or "sparsity" not in spec:
-            raise ValueError(f"{method} spec {spec!r}: expected keys sparsity (required) and pattern; "
-                             f"got unknown {sorted(unknown)}.")
-        recipe = Recipe(method=method, sparsity=float(spec["sparsity"]), pattern=spec.get("pattern", "unstructured"),
-                        **({"calibration": calibration} if calibration else {}))
-        pattern = "" if recipe.pattern == "unstructured" else f" {recipe.pattern}"
-        label = f"{method} {recipe.sparsity:.0%}{pattern}"
-        family = "pruning"
-    return Variant(extra.get("label", label), recipe, family=extra.get("family", family))
-
-
-def activation_variant(spec: dict, calibration=None) -> Variant:
-    """A Variant that fake-quantizes activations and/or the KV cache while it is evaluated
-    (helpers.compression.activations), optionally on top of round-to-nearest weights:
-
-        {"weight_bits": 4, "activation_bits": 8}   # W4A8: per-channel RTN weights, per-token 8-bit inputs
-        {"kv_bits": 4}                             # KV4: keys and values per (token, head), weights dense
-    Optional keys: weight_group_size (None: per output channel), label, kv_granularity.
-    """
-    from ..compression.activations import ActivationSettings, KVSettings, quantize_activations, quantize_kv_cache
-    from ..compression.quantizer import QuantSettings
-
-    spec = dict(spec)
-    known = {"weight_bits", "weight_group_size", "activation_bits", "kv_bits", "kv_granularity", "label"}
-    if set(spec) - known or not ({"activation_bits", "kv_bits"} & set(spec)):
-        raise ValueError(f"activation spec {spec!r}: expected activation_bits and/or kv_bits, optionally "
-                         f"weight_bits, weight_group_size, kv_granularity, label; unknown {sorted(set(spec) - known)}.")
-    recipe, parts, settings = None, [], {}
-    if spec.get("weight_bits"):
-        quant = QuantSettings(bits=int(spec["weight_bits"]), group_size=spec.get("weight_group_size"))
-        recipe = Recipe(method="rtn", quant=quant, **({"calibration": calibration} if calibration else {}))
-        parts.append(f"W{quant.bits}")
-    activation = kv = None
-    if spec.get("activation_bits"):
-        activation = ActivationSettings(bits=int(spec["activation_bits"]))
-        settings["activations"] = activation.as_dict()
-        parts.append(f"A{activation.bits}")
-    if spec.get("kv_bits"):
-        kv = KVSettings(bits=int(spec["kv_bits"]), granularity=spec.get("kv_granularity", "per_token_head"))
-        settings["kv_cache"] = kv.as_dict()
-        parts.append(f"KV{kv.bits}")
-    settings["method"] = "+".join(parts)
-
-    def during_evaluation(model):
-        stack = contextlib.ExitStack()
-        if activation is not None:
-            stack.enter_context(quantize_activations(model, activation))
-        if kv is not None:
-            stack.enter_context(quantize_kv_cache(model, kv))
-        return stack
-
-    return Variant(spec.get("label", "".join(parts)), recipe, during_evaluation, settings, family="activations")
-
-
-def protection_variant(*, method: str = "rtn", bits: int, group_size: int | None, protect_fraction: float,
-                       protect_rule: str = "magnitude", protect_bits: int = 8, protect_group_size: int | None = None,
-                       calibration=None) -> Variant:
-    """A weight-quantization Variant that keeps `protect_fraction` of the weight groups at `protect_bits`
-    (helpers.compression.protect, arXiv 2406.06773's fix). The plain settings are also recorded flat in
-    `settings` so tables can group by them."""
-    from ..compression.quantizer import QuantSettings
-
-    if method not in ("rtn", "gptq"):
-        raise ValueError(f"method={method!r}; protected groups are supported for 'rtn' and 'gptq'.")
-    quant = QuantSettings(bits=int(bits), group_size=group_size, protect_fraction=float(protect_fraction),
-                          protect_rule=protect_rule, protect_bits=int(protect_bits),
-                          protect_group_size=protect_group_size)
-    recipe = Recipe(method=method, quant=quant, **({"calibration": calibration} if calibration else {}))
-    grid = f"g{group_size}" if group_size else "per-channel"
-    label = f"{method.upper()} {bits}-bit {grid}"
-    if quant.protects:
-        label += f" + {protect_fraction:.1%} {protect_rule}@{protect_bits}"
-    settings = {"bits": quant.bits, "group_size": group_size, "protect_fraction": quant.protect_fraction,
-                "protect_rule": protect_rule if quant.protects else "none", "protect_bits": quant.protect_bits,
-                "protection_group_size": quant.protection_group_size}
-    return Variant(label, recipe, settings=settings, family="quantization")
-
-
-def protection_rows(report: CompressionReport | None, *, layer_maps: bool = False) -> list[dict]:
-    """Rows from a quantization report: effective bits per weight of the model and, with `layer_maps`,
-    per layer the number of protected groups and how concentrated they are in input columns
-    (share of the protected groups that lie in the single most-protected column of groups)."""
-    from ..compression.protect import model_effective_bits, protection_maps
-
-    if report is None:
-        return []
-    rows = [{"metric": "effective_bits", "value": model_effective_bits(report.layers)}]
-    if layer_maps:
-        for name, protected in protection_maps(report.layers).items():
+    def measure(point: Point) -> list[dict]:
+        if point.report is None or not layer_maps(point.variant):
+            return []
+        rows = []
+        for name, protected in protection_maps(point.report.layers).items():
             per_column = protected.sum(dim=0).double()
             total = float(per_column.sum())
             rows.append({"metric": "protected_groups", "value": total, "layer": name})
             if total:
                 rows.append({"metric": "protected_column_share", "value": float(per_column.max()) / total,
                              "layer": name, "column_groups": int(per_column.numel())})
-    return rows
+        return rows
+
+    return Measurement("protected_groups", measure)

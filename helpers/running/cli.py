@@ -1,4 +1,4 @@
-"""Command line: `python -m helpers eval ...` (and compression subcommands registered by methods).
+"""Command line: `python -m helpers eval ...` and `python -m helpers compress ...`.
 
     python -m helpers eval --model smollm2-135m --seq-len 1024 --max-windows 16
     python -m helpers compress --model smollm2-135m --method sparsegpt --sparsity 0.5 --pattern 2:4 \
@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from ..data import evaluation_windows
-from ..evaluation.metrics import DenseReference, evaluate, sparsity_report
+from ..compression.storage import sparsity_report
+from ..evaluation.metrics import DenseReference, evaluate
 from ..models import load_model
 from ..results import ResultsTable
 
@@ -90,22 +91,28 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
                              help="saved [samples, tokens] calibration ids instead of sampling a dataset")
 
 
-def compress_recipe(args):
-    """The validated Recipe of the command-line settings (raises ValueError naming a bad value)."""
-    from ..compression.compress import Recipe
-    from ..data import CalibrationSettings
-    from ..compression.quantizer import QuantSettings
-
-    if args.bits is None and (args.group_size is not None or args.symmetric or args.act_order):
+def compress_spec(args) -> dict:
+    """The variant spec of the command-line settings (the same spec a notebook writes)."""
+    spec = {"method": args.method, "sparsity": args.sparsity, "pattern": args.pattern, "damping": args.damping,
+            "block_size": args.block_size, "seed": args.seed}
+    if args.bits is not None:
+        spec.update(bits=args.bits, group_size=args.group_size, symmetric=args.symmetric, act_order=args.act_order)
+    elif args.group_size is not None or args.symmetric or args.act_order:
         raise ValueError("--group-size, --symmetric and --act-order describe a quantization grid; "
                          "give --bits too (e.g. --bits 4).")
-    quant = None if args.bits is None else QuantSettings(bits=args.bits, symmetric=args.symmetric,
-                                                          group_size=args.group_size, act_order=args.act_order)
+    return spec
+
+
+def compress_variant(args):
+    """The validated Variant of the command-line settings, through helpers.experiments.core.parse_variant
+    (raises ValueError naming a bad value)."""
+    from ..data import CalibrationSettings
+    from ..experiments.core import parse_variant
+
     calibration = CalibrationSettings(dataset=args.calibration_dataset, n_samples=args.calibration_samples,
                                       seq_len=args.calibration_seq_len, seed=args.seed,
                                       token_file=args.calibration_token_file)
-    return Recipe(method=args.method, sparsity=args.sparsity, pattern=args.pattern, quant=quant,
-                  damping=args.damping, block_size=args.block_size, seed=args.seed, calibration=calibration)
+    return parse_variant(compress_spec(args), calibration)
 
 
 def check_eval_settings(args) -> None:
@@ -123,11 +130,10 @@ def check_eval_settings(args) -> None:
 
 
 def command_compress(args) -> int:
-    from ..compression.compress import compress_model
-    from ..data import calibration_samples
-    from ..results import run_key
+    from ..experiments.core import Measurement, Runner, Variant, latest_frame
 
-    recipe = compress_recipe(args)
+    variant = compress_variant(args)
+    recipe = variant.recipe
     check_eval_settings(args)
     progress = not args.no_progress
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
@@ -137,59 +143,44 @@ def command_compress(args) -> int:
                 "kl": "KL(dense || compressed) per position, mean over positions and windows",
                 "model_source": model.info.source, "dtype": args.dtype, "device": args.device}
     table = ResultsTable(args.results)
-    dataset = protocol["dataset"]
-
-    start = time.perf_counter()
     reference = DenseReference(model, windows, progress=progress)
-    dense_seconds = time.perf_counter() - start
-    table.append(model=args.model, method="dense", metric="perplexity", value=reference.perplexity,
-                 dataset=dataset, protocol=protocol, seconds=dense_seconds,
-                 key=run_key(model=args.model, method="dense", protocol=protocol))
-
     dense_sparsity = sparsity_report(model)["total"]
-    settings = recipe.as_dict()
-    calibration_ids = None
-    start = time.perf_counter()
-    if recipe.needs_calibration:
-        calibration_ids = calibration_samples(tokenizer, recipe.calibration)
-    else:
-        settings["calibration"] = None
-    sampling_seconds = time.perf_counter() - start
-    report = compress_model(model, recipe, calibration_ids=calibration_ids, batch_size=args.batch_size,
-                            progress=progress)
-    start = time.perf_counter()
-    result = evaluate(model, windows, reference, progress=progress)
-    eval_seconds = time.perf_counter() - start
 
-    extra = dict(compression_seconds=report.seconds, calibration_sampling_seconds=sampling_seconds,
-                 evaluation_seconds=eval_seconds, obs_errors=report.obs_error_summary(),
-                 warnings=report.warnings, key=run_key(model=args.model, settings=settings, protocol=protocol))
-    measured = {"perplexity": result.perplexity, "mean_kl": result.mean_kl(),
-                "achieved_sparsity": report.achieved_sparsity, "compression_seconds": report.seconds}
-    for metric, value in measured.items():
-        table.append(model=args.model, method=recipe.method, metric=metric, value=value, settings=settings,
-                     dataset=dataset, protocol=protocol, **extra)
+    def measure(point):
+        result = evaluate(point.model, windows, reference, progress=progress)
+        rows = [{"metric": "perplexity", "value": result.perplexity}, {"metric": "mean_kl", "value": result.mean_kl()}]
+        if point.report is not None:
+            rows += [{"metric": "achieved_sparsity", "value": point.report.achieved_sparsity},
+                     {"metric": "compression_seconds", "value": point.report.seconds}]
+            for row in rows:
+                row.update(compression_seconds=point.report.seconds, obs_errors=point.report.obs_error_summary(),
+                           warnings=point.report.warnings)
+        return rows
 
-    described = recipe.pattern if recipe.parsed_pattern.structured else (
-        f"{recipe.sparsity:g}" if recipe.sparsity else "")
-    if recipe.quant is not None:
-        described += f"{' + ' if described else ''}{recipe.quant.bits}-bit" + (
-            f" g{recipe.quant.group_size}" if recipe.quant.group_size else "")
-    calibration_text = (f"{calibration_ids.shape[0]} x {calibration_ids.shape[1]} tokens "
+    runner = Runner(model, table, args.model, protocol, tokenizer=tokenizer, device=args.device,
+                    batch_size=args.batch_size, progress=False, log=lambda message: None)
+    reports = runner.run([Variant.dense(), variant], [Measurement("evaluation", measure, dataset=protocol["dataset"])])
+    frame = latest_frame(table, model=args.model, protocol=protocol, labels=[Variant.dense().label, variant.label])
+    value = frame.set_index(["label", "metric"])["value"]
+    report = reports.get(variant.label)
+    seconds = value[variant.label, "seconds"]
+    calibration_text = (f"{recipe.calibration.n_samples} x {recipe.calibration.seq_len} tokens "
                         f"({recipe.calibration.token_file or recipe.calibration.dataset}, seed {recipe.calibration.seed})"
-                        if calibration_ids is not None else "none")
-    print(f"model={args.model} eval={dataset} {windows.shape[0]} x {args.seq_len} tokens; calibration: {calibration_text}")
-    print(f"{'method':<12}{'setting':<16}{'perplexity':>12}{'mean KL':>10}{'sparsity':>10}{'seconds':>9}")
-    print(f"{'dense':<12}{'':<16}{reference.perplexity:>12.4f}{0:>10.4f}{dense_sparsity:>10.3f}{'':>9}")
-    print(f"{recipe.method:<12}{described:<16}{result.perplexity:>12.4f}{result.mean_kl():>10.4f}"
-          f"{report.achieved_sparsity:>10.3f}{report.seconds:>9.1f}")
-    if report.warnings:
+                        if recipe.needs_calibration else "none")
+    print(f"model={args.model} eval={protocol['dataset']} {windows.shape[0]} x {args.seq_len} tokens; "
+          f"calibration: {calibration_text}")
+    print(f"{'variant':<36}{'perplexity':>12}{'mean KL':>10}{'sparsity':>10}{'bits/w':>8}{'seconds':>9}")
+    print(f"{'dense':<36}{value['dense', 'perplexity']:>12.4f}{0:>10.4f}{dense_sparsity:>10.3f}{16:>8.2f}{'':>9}")
+    bits = frame[frame.label == variant.label].bits_per_weight.iloc[0]
+    sparsity = frame[frame.label == variant.label].achieved_sparsity.iloc[0]
+    print(f"{variant.label:<36}{value[variant.label, 'perplexity']:>12.4f}{value[variant.label, 'mean_kl']:>10.4f}"
+          f"{sparsity:>10.3f}{bits:>8.2f}{seconds:>9.1f}")
+    if report is None:
+        print("already recorded with these settings and protocol: printed from the results table")
+    elif report.warnings:
         print(f"{len(report.warnings)} warnings, e.g.: {report.warnings[0]}")
     print(f"recorded in {table.path}")
     return 0
-
-
-SUBCOMMANDS = {}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,8 +196,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_arguments(compression)
     add_compress_arguments(compression)
     compression.set_defaults(func=command_compress)
-    for name, (register, _) in SUBCOMMANDS.items():
-        register(sub)
     return parser
 
 

@@ -17,6 +17,7 @@ from .judges import (EmbeddingJudge, JudgeError, LocalLMJudge, OpenAIJudge, Roug
                      judge_records, parse_review, parse_score_pair, parse_summary_scores, summarize_judgements)
 from .mmlu import MMLUSettings, build_prompt as mmlu_prompt, evaluate_mmlu, parse_letter
 from .records import RecordWriter, TaskResult, read_records
+from .registry import TASK_KINDS, TaskKind, register_task_kind, task_kind
 from .retrieval import (CLOSED_BOOK_PROMPT, OPEN_BOOK_PROMPT, KVRetrievalSettings, RetrievalQASettings,
                         evaluate_kv_retrieval, evaluate_retrieval_qa)
 from .text import contains_match, exact_match, first_line, normalize_answer
@@ -30,6 +31,7 @@ __all__ = [
     "parse_review", "parse_score_pair", "parse_summary_scores", "summarize_judgements",
     "MMLUSettings", "mmlu_prompt", "evaluate_mmlu", "parse_letter",
     "RecordWriter", "TaskResult", "read_records",
+    "TASK_KINDS", "TaskKind", "register_task_kind", "task_kind",
     "CLOSED_BOOK_PROMPT", "OPEN_BOOK_PROMPT", "KVRetrievalSettings", "RetrievalQASettings", "evaluate_kv_retrieval",
     "evaluate_retrieval_qa",
     "contains_match", "exact_match", "first_line", "normalize_answer",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import re
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -192,10 +192,16 @@ def evaluate_mmlu(model, tokenizer, examples=None, settings: MMLUSettings = MMLU
                   context: dict | None = None) -> TaskResult:
     """MMLU accuracy by the chosen scorings.
 
-    examples: list of {subject, question, choices[4], answer} or None (the `settings.split` split,
-    then subsampled by n_per_subject / n_total / subjects). dev_examples: the shots (default: the
+    examples: list of {subject, question, choices[4], answer}, an int n (a seeded draw of n questions,
+    as settings.n_total) or None (the `settings.split` split, then subsampled by n_per_subject /
+    n_total / subjects). dev_examples: the shots (default: the
     dev split); the first `shots` dev rows of each subject are used, in file order.
     """
+    if isinstance(examples, int) and not isinstance(examples, bool):  # n questions: a seeded draw, as every task
+        if settings.n_total is not None or settings.n_per_subject is not None:
+            raise ValueError(f"examples={examples} and settings.n_total={settings.n_total} / n_per_subject="
+                             f"{settings.n_per_subject}: give the number of questions one way, not both.")
+        settings, examples = replace(settings, n_total=examples), None
     rows = select_examples("mmlu", examples, ["subject", "question", "choices", "answer"], split=settings.split)
     rows = subsample(rows, settings) if examples is None else rows
     for position, r in enumerate(rows):

@@ -1,0 +1,70 @@
+"""Task kinds by registration: what a task is (how to run it, its headline score, which answer field
+is compared with the dense model's), declared once, apart from whatever runs it.
+
+lm-evaluation-harness keeps tasks apart from the evaluator; so does this registry: an experiment
+(helpers.experiments.kick) runs any registered kind the same way. To add a kind:
+
+    def evaluate_my_task(model, tokenizer, examples=None, settings=MySettings(), *, records_path=None,
+                         context=None) -> TaskResult: ...        # examples: rows, an int n, or None (all)
+    register_task_kind(TaskKind("my_task", evaluate_my_task, primary="accuracy", answer_field="generation"))
+
+A free-form kind (free_form=True) also takes `judges=` and `judgements_path=`; its answers are
+compared with the dense model's by ROUGE-L instead of exact agreement.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .factoid import evaluate_factoid_qa
+from .freeform import evaluate_instruction_following, evaluate_summarization
+from .mmlu import evaluate_mmlu
+from .retrieval import evaluate_kv_retrieval, evaluate_retrieval_qa
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """One kind of task: its evaluate function and how its records are read."""
+    name: str
+    evaluate: Callable            # (model, tokenizer, examples, settings=..., records_path=, context=) -> TaskResult
+    primary: str                  # the aggregate reported as the task's score
+    answer_field: str             # the record field compared with the dense model's answer on the same example
+    free_form: bool = False       # free text: judged (judges=, judgements_path=) and compared by ROUGE-L
+    choices_field: str | None = None  # per-choice log-likelihoods in each record (distribution distance)
+
+    def run(self, model, tokenizer, examples, settings=None, *, records_path=None, context=None, judges=None,
+            judgements_path=None):
+        kwargs = {"records_path": records_path, "context": context}
+        if settings is not None:
+            kwargs["settings"] = settings
+        if self.free_form:
+            kwargs.update(judges=judges, judgements_path=judgements_path)
+        return self.evaluate(model, tokenizer, examples, **kwargs)
+
+
+TASK_KINDS: dict[str, TaskKind] = {}
+
+
+def register_task_kind(kind: TaskKind) -> TaskKind:
+    if kind.name in TASK_KINDS:
+        raise ValueError(f"task kind {kind.name!r} is already registered; choose another name.")
+    TASK_KINDS[kind.name] = kind
+    return kind
+
+
+def task_kind(name: str) -> TaskKind:
+    if name not in TASK_KINDS:
+        raise ValueError(f"task kind {name!r} is not registered; expected one of {sorted(TASK_KINDS)} "
+                         "(or register_task_kind(...) your own).")
+    return TASK_KINDS[name]
+
+
+register_task_kind(TaskKind("mmlu", evaluate_mmlu, primary="loglik_micro_accuracy", answer_field="loglik_prediction",
+                            choices_field="loglik"))
+register_task_kind(TaskKind("factoid", evaluate_factoid_qa, primary="accuracy", answer_field="generation"))
+register_task_kind(TaskKind("retrieval_qa", evaluate_retrieval_qa, primary="contains", answer_field="answer"))
+register_task_kind(TaskKind("kv_retrieval", evaluate_kv_retrieval, primary="accuracy", answer_field="generation"))
+register_task_kind(TaskKind("summarization", evaluate_summarization, primary="rouge/rougeL", answer_field="generation",
+                            free_form=True))
+register_task_kind(TaskKind("instruction_following", evaluate_instruction_following, primary="rouge/rougeL",
+                            answer_field="generation", free_form=True))

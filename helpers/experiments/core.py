@@ -1,0 +1,389 @@
+"""The experiment core: variants, a checked dense snapshot, one runner, one reader.
+
+Every notebook, the LLM-KICK sweep and the command line stand on these four pieces:
+
+    variants = [parse_variant({"method": "wanda", "sparsity": 0.5}, calibration),   # spec -> Recipe
+                parse_variant({"method": "rtn", "bits": 4, "activation_bits": 8}),  # W4A8
+                parse_variant({"kv_bits": 4})]                                      # KV4, weights dense
+    runner = Runner(model, table, model_name="smollm2-135m", protocol=protocol, tokenizer=tokenizer)
+    runner.run(variants, [Measurement("wikitext2", measure)])   # restore, check, compress, measure, record
+    frame = latest_frame(table, model="smollm2-135m", protocol=protocol)
+
+- `parse_variant` turns a plain spec (a notebook parameter, a CLI flag set) into a `Variant`: a
+  label, a validated `Recipe` and/or a context held while it is evaluated (activation / KV-cache
+  quantization), and the settings recorded beside its results.
+- `ModelSnapshot` keeps the dense weights once; `restore` puts them back and verifies that every
+  tensor equals the saved state (`check`), so nothing is measured on a model that an earlier step
+  left compressed.
+- `Runner.run` does, for each variant: skip what is recorded, restore (checked), compress, run each
+  `Measurement`, and write its tidy rows (tagged with a key and an attempt id) as soon as they are
+  measured, so a killed run loses at most the measurement in progress. Every row carries the bits per
+  weight under helpers.compression.storage's convention, named in `storage_convention`.
+- `latest_frame` reads the latest attempt of every recorded key.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..compression.activations import ActivationSettings, KVSettings, quantize_activations, quantize_kv_cache
+from ..compression.compress import METHODS, CompressionReport, Recipe, compress_model
+from ..compression.quantizer import QuantSettings
+from ..compression.storage import STORAGE_CONVENTION, VALUE_BITS
+from ..data import CalibrationSettings, calibration_samples
+from ..results import ResultsTable, run_key
+
+DENSE_LABEL = "dense"
+
+
+# --------------------------------------------------------------------------- variants
+@dataclass(frozen=True)
+class Variant:
+    """One point to compare with the dense model.
+
+    recipe: compresses the weights (helpers.compression.compress); compress: how to apply it when not
+    by the standard sequential pass (e.g. from stored dense Hessians), model -> CompressionReport;
+    during_evaluation(model): a context manager held while the variant is measured (activation or
+    KV-cache quantization); settings: recorded beside the results (what the label alone does not say);
+    family: groups variants in figures ("pruning", "quantization", "activations", ...).
+    """
+    label: str
+    recipe: Recipe | None = None
+    during_evaluation: Callable[[nn.Module], ContextManager] | None = None
+    settings: dict = field(default_factory=dict)
+    family: str = ""
+    compress: Callable[[nn.Module], CompressionReport] | None = None
+
+    def __post_init__(self):
+        if self.label == DENSE_LABEL:
+            if self.recipe is not None or self.during_evaluation is not None or self.compress is not None:
+                raise ValueError(f"the label {DENSE_LABEL!r} names the uncompressed model; give this variant "
+                                 "another label.")
+        elif self.recipe is None and self.during_evaluation is None:
+            raise ValueError(f"variant {self.label!r} has neither a recipe nor a during_evaluation context; "
+                             "give at least one (the dense model is Variant.dense()).")
+        if self.compress is not None and self.recipe is None:
+            raise ValueError(f"variant {self.label!r}: compress= applies a recipe; give the recipe too "
+                             "(it is recorded).")
+
+    @classmethod
+    def dense(cls) -> "Variant":
+        return cls(DENSE_LABEL, family=DENSE_LABEL)
+
+    @property
+    def is_dense(self) -> bool:
+        return self.label == DENSE_LABEL
+
+    @property
+    def method(self) -> str:
+        if self.is_dense:
+            return DENSE_LABEL
+        return self.recipe.method if self.recipe is not None else self.settings.get("method", self.label)
+
+    def record_settings(self) -> dict:
+        out = dict(self.settings)
+        if self.recipe is not None:
+            out["recipe"] = self.recipe.as_dict()
+        return out
+
+
+QUANT_KEYS = {"bits", "group_size", "symmetric", "act_order", "static_groups", "mse", "protect_fraction",
+              "protect_rule", "protect_bits", "protect_group_size"}
+PRUNE_KEYS = {"sparsity", "pattern"}
+RECIPE_KEYS = {"damping", "block_size", "seed"}
+EVALUATION_KEYS = {"activation_bits", "activation_granularity", "activation_symmetric", "kv_bits",
+                   "kv_granularity", "kv_token_group_size", "kv_symmetric"}
+SPEC_KEYS = {"method", "label", "family"} | QUANT_KEYS | PRUNE_KEYS | RECIPE_KEYS | EVALUATION_KEYS
+
+
+def _grid_label(quant: QuantSettings) -> str:
+    label = f"{quant.bits}-bit {f'g{quant.group_size}' if quant.group_size else 'per-channel'}"
+    if quant.symmetric:
+        label += " sym"
+    if quant.act_order:
+        label += " act-order" + (" static" if quant.static_groups else "")
+    if quant.mse:
+        label += " mse"
+    if quant.protects:
+        label += f" + {quant.protect_fraction:.1%} {quant.protect_rule}@{quant.protect_bits}"
+    return label
+
+
+def parse_variant(spec: Mapping[str, Any], calibration: CalibrationSettings | None = None) -> Variant:
+    """A Variant from a plain spec; the one parser behind every notebook and the command line.
+
+    Weights (helpers.compression.compress): `method` (one of METHODS); pruning `sparsity`, `pattern`
+    ('unstructured' or N:M); quantization `bits`, `group_size` (None: per output channel),
+    `symmetric`, `act_order`, `static_groups`, `mse`, protected groups `protect_fraction`,
+    `protect_rule`, `protect_bits`, `protect_group_size`; `damping`, `block_size`, `seed`.
+    While evaluated (helpers.compression.activations): `activation_bits` (+ `activation_granularity`,
+    `activation_symmetric`), `kv_bits` (+ `kv_granularity`, `kv_token_group_size`, `kv_symmetric`).
+    `label` and `family` override the generated ones. Examples:
+        {"method": "sparsegpt", "sparsity": 0.5, "pattern": "2:4"}
+        {"method": "gptq", "bits": 3, "group_size": 128, "act_order": True}
+        {"method": "rtn", "bits": 3, "group_size": 64, "protect_fraction": 0.02, "protect_rule": "hessian"}
+        {"method": "rtn", "bits": 4, "activation_bits": 8}                      # W4A8
+        {"kv_bits": 4}                                                          # KV4, weights dense
+    """
+    spec = {k: v for k, v in dict(spec).items()}
+    unknown = set(spec) - SPEC_KEYS
+    if unknown:
+        raise ValueError(f"variant spec {spec!r} has unknown keys {sorted(unknown)}; expected some of "
+                         f"{sorted(SPEC_KEYS)}.")
+    method = spec.get("method")
+    evaluation = {k: spec[k] for k in EVALUATION_KEYS if spec.get(k) is not None}
+    if method is None and not ({"activation_bits", "kv_bits"} & set(evaluation)):
+        raise ValueError(f"variant spec {spec!r} has no method and no activation_bits / kv_bits; expected e.g. "
+                         "{'method': 'wanda', 'sparsity': 0.5} or {'kv_bits': 4}.")
+    if method is not None and method not in METHODS:
+        raise ValueError(f"variant spec {spec!r} has method={method!r}; expected one of {sorted(METHODS)}.")
+    if method is None and set(spec) & (QUANT_KEYS | PRUNE_KEYS | RECIPE_KEYS):
+        raise ValueError(f"variant spec {spec!r} sets weight-compression keys without a method; add "
+                         "'method' (e.g. 'rtn') or drop them.")
+    recipe, label, settings, family = None, "", {}, "pruning"
+    if method is not None:
+        quant = None
+        if spec.get("bits") is not None:
+            quant = QuantSettings(**{k: spec[k] for k in QUANT_KEYS if k in spec})
+        elif set(spec) & (QUANT_KEYS - {"bits"}):
+            raise ValueError(f"variant spec {spec!r} describes a quantization grid without bits; add e.g. 'bits': 4.")
+        fields = {k: spec[k] for k in RECIPE_KEYS | PRUNE_KEYS if k in spec}
+        if calibration is not None:
+            fields["calibration"] = calibration
+        recipe = Recipe(method=method, quant=quant, **fields)  # validates the combination
+        pattern = recipe.parsed_pattern
+        parts = []
+        if METHODS[method].prunes and (pattern.structured or recipe.sparsity or quant is None):
+            sparsity = pattern.sparsity if pattern.structured else recipe.sparsity
+            parts.append(f"{method} {sparsity:.0%}" + (f" {pattern}" if pattern.structured else ""))
+        if quant is not None:
+            parts.append(("+ " if parts else f"{method.upper()} ") + _grid_label(quant))
+            family = "joint" if len(parts) > 1 else "quantization"
+            settings.update(bits=quant.bits, group_size=quant.group_size, protect_fraction=quant.protect_fraction,
+                            protect_rule=quant.protect_rule if quant.protects else "none",
+                            protect_bits=quant.protect_bits, protection_group_size=quant.protection_group_size)
+        label = " ".join(parts)
+    activation = kv = None
+    if evaluation.get("activation_bits"):
+        options = {name: evaluation[f"activation_{name}"] for name in ("granularity", "symmetric")
+                   if f"activation_{name}" in evaluation}
+        activation = ActivationSettings(bits=int(evaluation["activation_bits"]), **options)
+        settings["activations"] = activation.as_dict()
+    if evaluation.get("kv_bits"):
+        options = {name: evaluation[f"kv_{name}"] for name in ("granularity", "token_group_size", "symmetric")
+                   if f"kv_{name}" in evaluation}
+        kv = KVSettings(bits=int(evaluation["kv_bits"]), **options)
+        settings["kv_cache"] = kv.as_dict()
+    during = None
+    if activation is not None or kv is not None:
+        family = "activations"
+        plain_rtn = recipe is not None and recipe.method == "rtn" and recipe.quant.group_size is None \
+            and not recipe.quant.protects and not recipe.quant.symmetric
+        short = (f"A{activation.bits}" if activation else "") + (f"KV{kv.bits}" if kv else "")
+        if recipe is None:
+            label = short
+        elif plain_rtn:
+            label = f"W{recipe.quant.bits}{short}"      # W4A8: per-channel RTN weights
+        else:
+            label = f"{label} + {short}"
+        settings["method"] = label
+
+        def during(model):
+            stack = contextlib.ExitStack()
+            if activation is not None:
+                stack.enter_context(quantize_activations(model, activation))
+            if kv is not None:
+                stack.enter_context(quantize_kv_cache(model, kv))
+            return stack
+
+    return Variant(spec.get("label") or label, recipe, during, settings, family=spec.get("family") or family)
+
+
+# --------------------------------------------------------------------------- the dense snapshot
+class ModelSnapshot:
+    """The model's weights saved once (on the CPU); `restore` puts them back and checks them."""
+
+    def __init__(self, model: nn.Module):
+        self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+    def differences(self, model: nn.Module) -> list[str]:
+        """Names of the tensors of `model` that differ from the saved state (or are missing / extra)."""
+        current = model.state_dict()
+        names = sorted(set(current) ^ set(self.state))
+        for name, saved in self.state.items():
+            value = current.get(name)
+            if value is not None and not torch.equal(value.detach().to("cpu"), saved):
+                names.append(name)
+        return names
+
+    def check(self, model: nn.Module) -> None:
+        """Raise unless every weight of `model` equals the saved dense state exactly."""
+        differ = self.differences(model)
+        if differ:
+            raise RuntimeError(f"{len(differ)} tensors of the model differ from the saved dense state (e.g. "
+                               f"{differ[:3]}): it was not restored, so nothing is measured on it. Call "
+                               "snapshot.restore(model) first (the Runner does so before every variant).")
+
+    def restore(self, model: nn.Module) -> None:
+        model.load_state_dict(self.state)
+        self.check(model)
+
+
+# --------------------------------------------------------------------------- the runner
+@dataclass
+class Point:
+    """What a measurement sees: the model as compressed for `variant`, its report, this attempt's id."""
+    model: nn.Module
+    variant: Variant
+    report: CompressionReport | None
+    attempt: str
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One unit of work per variant: `measure(point)` -> tidy rows ({"metric", "value", ...}).
+
+    name: what is measured ("context_kl", "wikitext2", a task name), recorded in the `task` column;
+    describe: what identifies it (e.g. the task's settings), part of the skip key; dataset: recorded.
+    """
+    name: str
+    measure: Callable[[Point], list[dict]]
+    describe: Mapping = field(default_factory=dict)
+    dataset: str | None = None
+
+
+@dataclass
+class Runner:
+    """Restore (checked) -> compress -> measure -> record, for every variant; what is recorded is skipped."""
+    model: nn.Module
+    table: ResultsTable
+    model_name: str
+    protocol: dict
+    snapshot: ModelSnapshot | None = None
+    tokenizer: Any = None
+    calibration_ids: torch.Tensor | None = None  # used for every variant when given; else sampled per recipe
+    device: Any = None
+    batch_size: int = 8
+    run_id: str | None = None
+    log: Callable[[str], None] = print
+    progress: bool = True
+    _calibration: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.snapshot is None:
+            self.snapshot = ModelSnapshot(self.model)
+
+    def key(self, variant: Variant, measurement: Measurement) -> str:
+        return run_key(model=self.model_name, label=variant.label, settings=variant.record_settings(),
+                       protocol=self.protocol, task=measurement.name, measured=dict(measurement.describe))
+
+    def calibration(self, settings: CalibrationSettings) -> torch.Tensor:
+        if self.calibration_ids is not None:
+            return self.calibration_ids
+        if settings not in self._calibration:
+            if self.tokenizer is None:
+                raise ValueError("a variant needs calibration data: give the Runner tokenizer= or calibration_ids=.")
+            self._calibration[settings] = calibration_samples(self.tokenizer, settings)
+        return self._calibration[settings]
+
+    def compress(self, variant: Variant) -> CompressionReport | None:
+        if variant.compress is not None:
+            return variant.compress(self.model)
+        if variant.recipe is None:
+            return None
+        ids = self.calibration(variant.recipe.calibration) if variant.recipe.needs_calibration else None
+        return compress_model(self.model, variant.recipe, calibration_ids=ids, device=self.device,
+                              batch_size=self.batch_size, progress=False)
+
+    def run(self, variants: Sequence[Variant], measurements: Sequence[Measurement], *,
+            extra: Mapping | None = None) -> dict[str, CompressionReport | None]:
+        """Run every (variant, measurement) not yet recorded; returns the reports of the variants compressed now.
+
+        extra: columns added to every row written (e.g. {"sweep": "main"}). The model is dense again
+        (checked) when this returns or raises."""
+        labels = [v.label for v in variants]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"variant labels must be unique (they name the curves and rows); got {labels}.")
+        names = [m.name for m in measurements]
+        if len(set(names)) != len(names) or not names:
+            raise ValueError(f"measurement names must be unique and at least one; got {names}.")
+        recorded = {r.get("key") for r in self.table.records() if r.get("attempt")}
+        reports = {}
+        try:
+            for variant in tqdm(variants, desc="variants", disable=not self.progress):
+                todo = [m for m in measurements if self.key(variant, m) not in recorded]
+                if not todo:
+                    self.log(f"{variant.label}: already recorded, skipped")
+                    continue
+                self.snapshot.restore(self.model)
+                started = time.perf_counter()
+                report = self.compress(variant)
+                seconds_compress = time.perf_counter() - started
+                reports[variant.label] = report
+                common = {"model": self.model_name, "method": variant.method, "settings": variant.record_settings(),
+                          "protocol": self.protocol, "label": variant.label, "family": variant.family,
+                          "run": self.run_id, "seconds_compress": seconds_compress,
+                          "bits_per_weight": report.bits_per_weight if report is not None else float(VALUE_BITS),
+                          "storage_convention": STORAGE_CONVENTION,
+                          "achieved_sparsity": report.achieved_sparsity if report is not None else 0.0,
+                          **(extra or {})}
+                messages = [f"compress {seconds_compress:.0f} s"]
+                for measurement in todo:
+                    attempt = uuid.uuid4().hex[:12]
+                    started = time.perf_counter()
+                    context = (variant.during_evaluation(self.model) if variant.during_evaluation
+                               else contextlib.nullcontext())
+                    with context:
+                        rows = measurement.measure(Point(self.model, variant, report, attempt))
+                    seconds = time.perf_counter() - started
+                    rows = list(rows) + [{"metric": "seconds", "value": seconds}]
+                    key = self.key(variant, measurement)
+                    for row in rows:
+                        self.table.append(**{"dataset": measurement.dataset, **common, "task": measurement.name,
+                                             "key": key, "attempt": attempt, **row})
+                    recorded.add(key)
+                    messages.append(f"{measurement.name} {_headline(rows)}({seconds:.0f} s)")
+                self.log(f"{variant.label}: " + ", ".join(messages))
+        finally:
+            self.snapshot.restore(self.model)
+        return reports
+
+
+def _headline(rows: list[dict]) -> str:
+    first = next((r for r in rows if r.get("metric") != "seconds"), None)
+    if first is None or not isinstance(first.get("value"), (int, float)):
+        return ""
+    return f"{first['metric']} {first['value']:.4g} "
+
+
+# --------------------------------------------------------------------------- the reader
+def latest_frame(table: ResultsTable, *, model: str | None = None, protocol: dict | None = None,
+                 labels: Iterable[str] | None = None, tasks: Iterable[str] | None = None):
+    """The runner's rows (those with an attempt) for this model and protocol, the latest attempt of each
+    key only (file order is time order), as a DataFrame with settings/protocol flattened by dots."""
+    import pandas as pd
+
+    from ..results import _plain
+
+    wanted_protocol = None if protocol is None else _plain(protocol)
+    records = [r for r in table.records() if r.get("attempt") and r.get("key")
+               and (model is None or r.get("model") == model)
+               and (wanted_protocol is None or r.get("protocol") == wanted_protocol)]
+    if labels is not None:
+        keep = set(labels)
+        records = [r for r in records if r.get("label") in keep]
+    if tasks is not None:
+        keep = set(tasks)
+        records = [r for r in records if r.get("task") in keep]
+    latest = {}
+    for record in records:
+        latest[record["key"]] = record["attempt"]
+    records = [r for r in records if latest[r["key"]] == r["attempt"]]
+    return pd.json_normalize(records) if records else pd.DataFrame()
