@@ -28,15 +28,15 @@ def environment() -> dict:
     return versions
 
 
-def _plain(value: Any):
+def plain(value: Any):
     """JSON-friendly copy of settings (dataclasses, tuples, paths, tensors of one value)."""
     from dataclasses import asdict, is_dataclass
     if is_dataclass(value) and not isinstance(value, type):
-        return _plain(asdict(value))
+        return plain(asdict(value))
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, Path):
         return str(value)
     if hasattr(value, "item") and getattr(value, "numel", lambda: 2)() == 1:
@@ -46,7 +46,7 @@ def _plain(value: Any):
 
 def run_key(**fields) -> str:
     """A stable key for one unit of work (used to skip work already recorded)."""
-    return json.dumps(_plain(fields), sort_keys=True)
+    return json.dumps(plain(fields), sort_keys=True)
 
 
 class ResultsTable:
@@ -59,9 +59,9 @@ class ResultsTable:
     def append(self, *, model: str, method: str, metric: str, value: float, settings: dict | None = None,
                dataset: str | None = None, protocol: dict | None = None, key: str | None = None,
                **extra) -> dict:
-        record = {"model": model, "method": method, "metric": metric, "value": _plain(value),
-                  "settings": _plain(settings or {}), "dataset": dataset, "protocol": _plain(protocol or {}),
-                  "key": key, **_plain(extra), "versions": environment(),
+        record = {"model": model, "method": method, "metric": metric, "value": plain(value),
+                  "settings": plain(settings or {}), "dataset": dataset, "protocol": plain(protocol or {}),
+                  "key": key, **plain(extra), "versions": environment(),
                   "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         line = json.dumps(record) + "\n"
         with open(self.path, "a+b") as handle:

@@ -97,3 +97,31 @@ def test_hooks_are_removed_even_on_error(tiny_llama, tokens):
             model(tokens)
     assert all(not m._forward_pre_hooks for m in linears.values())
     model(tokens)  # runs without the failing hook
+
+
+def test_a_block_transform_runs_after_the_statistics_and_before_the_linears(tiny_llama, tokens):
+    """transform_block sees the block's gathered statistics; every linear's compress sees its result."""
+    model, _ = tiny_llama
+    events = []
+
+    class Doubling:
+        def collector(self, name, linear):
+            return HessianCollector(linear_weight(linear).shape[1])
+
+        def transform_block(self, block, linears, collectors):
+            assert all(c.tokens == tokens.numel() for c in collectors.values())
+            events.append(("transform", len(linears)))
+            for linear in linears.values():
+                linear.weight.mul_(2)
+
+        def compress(self, name, linear, collector):
+            events.append(("compress", name))
+            return {"weight": linear_weight(linear).clone()}
+
+    before = {n: linear_weight(m).clone() for n, m in linear_layers(decoder_layers(model)[0], prefix="model.layers.0.").items()}
+    report = run_layerwise(model, tokens, Doubling(), progress=False)
+    blocks = len(decoder_layers(model))
+    assert [e[0] for e in events].count("transform") == blocks
+    assert events[0] == ("transform", len(before)) and events[1][0] == "compress"
+    for name, weight in before.items():
+        torch.testing.assert_close(report.layers[name]["weight"], 2 * weight)

@@ -12,7 +12,11 @@
 A method is any object with
     collector(name, linear) -> object with add_batch(inputs), or None if it needs no statistics
     compress(name, linear, collector) -> dict (a per-layer report)
-and optionally `modifies_weights = False` for observe-only passes.
+and optionally `modifies_weights = False` for observe-only passes, and
+    transform_block(block, linears, collectors) -> None
+called once per block after its statistics are gathered and before its linears are compressed: the
+place for a block-level transform (AWQ's per-channel scaling folded into the preceding norm or
+linear, SmoothQuant's migration) that the per-linear compression then sees.
 """
 from __future__ import annotations
 
@@ -165,6 +169,8 @@ def run_layerwise(model: nn.Module, input_ids: torch.Tensor, method: LayerMethod
             with input_hooks({n: linears[n] for n in collectors}, lambda n, x: collectors[n].add_batch(x)):
                 dense_out = _run_block(block, hidden, arguments)
         t1 = time.perf_counter()
+        if hasattr(method, "transform_block"):  # e.g. AWQ-style scaling, from this block's statistics
+            method.transform_block(block, linears, collectors)
         for name, linear in linears.items():
             report.layers[name] = method.compress(name, linear, collectors.get(name))
         del collectors

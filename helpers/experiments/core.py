@@ -370,9 +370,9 @@ def latest_frame(table: ResultsTable, *, model: str | None = None, protocol: dic
     key only (file order is time order), as a DataFrame with settings/protocol flattened by dots."""
     import pandas as pd
 
-    from ..results import _plain
+    from ..results import plain
 
-    wanted_protocol = None if protocol is None else _plain(protocol)
+    wanted_protocol = None if protocol is None else plain(protocol)
     records = [r for r in table.records() if r.get("attempt") and r.get("key")
                and (model is None or r.get("model") == model)
                and (wanted_protocol is None or r.get("protocol") == wanted_protocol)]

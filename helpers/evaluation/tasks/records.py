@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...results import _plain
+from ...results import plain
 
 
 class RecordWriter:
@@ -22,7 +22,7 @@ class RecordWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: dict) -> None:
-        line = json.dumps(_plain(record), ensure_ascii=False)
+        line = json.dumps(plain(record), ensure_ascii=False)
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
             handle.flush()
