@@ -71,7 +71,7 @@ def test_rtn_keeps_protected_groups_at_their_precision(weight, group_size):
     base = dict(bits=3, group_size=group_size, protect_fraction=0.02, protect_group_size=16)
     settings8 = QuantSettings(**base, protect_bits=8)
     chosen = select_protected_groups(weight, settings8)
-    mask = expand_groups(chosen, COLUMNS)
+    mask = expand_groups(chosen, COLUMNS, 16)
     eight = rtn(weight, settings8, chosen)
     exact = rtn(weight, QuantSettings(**base, protect_bits=16), chosen)
     assert torch.equal(exact[mask], weight[mask])
@@ -105,7 +105,7 @@ def test_gptq_with_identity_hessian_equals_protected_rtn(weight, settings):
         result = result[:, torch.argsort(permutation)]
     if settings.act_order and not settings.static_groups:
         # dynamic groups are groups of the processing order: compare only the protected entries
-        mask = expand_groups(chosen, COLUMNS)
+        mask = expand_groups(chosen, COLUMNS, 16)
         torch.testing.assert_close(result[mask], rtn(weight, settings, chosen)[mask], rtol=0, atol=0)
     else:
         torch.testing.assert_close(result, rtn(weight, settings, chosen), rtol=0, atol=0)

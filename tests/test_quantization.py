@@ -159,28 +159,70 @@ def test_bad_settings_fail_when_built(kwargs, match):
         QuantSettings(**kwargs)
 
 
-@pytest.mark.parametrize("quant", [QuantSettings(bits=4, group_size=48),
-                                   QuantSettings(bits=4, protect_fraction=0.02, protect_group_size=48)])
-@pytest.mark.parametrize("method", ["rtn", "gptq"])
-def test_group_size_not_dividing_the_width_fails_before_any_work(quant, method):
-    from helpers.models import load_model
-    model, _ = load_model("tiny-llama", layers=2, seed=1)  # hidden width 64
-    before = {n: linear_weight(m).detach().clone() for n, m in compressed_linears(model).items()}
-    with pytest.raises(ValueError, match="does not divide the input width 64"):
-        compress_model(model, Recipe(method=method, quant=quant),
-                       calibration_ids=torch.zeros(1, 8, dtype=torch.long), progress=False)
-    for name, module in compressed_linears(model).items():
-        assert torch.equal(linear_weight(module), before[name])
+def test_rtn_partial_last_group_equals_a_grid_per_slice():
+    """576 = 4 x 128 + 64 in miniature: width 72, groups of 32 -> 32 + 32 + 8, each with its own grid."""
+    w = torch.randn(8, 72, generator=torch.Generator().manual_seed(11))
+    for symmetric in (False, True):
+        grouped = rtn(w, QuantSettings(bits=3, group_size=32, symmetric=symmetric))
+        per_channel = QuantSettings(bits=3, symmetric=symmetric)
+        expected = torch.cat([rtn(w[:, a:b], per_channel) for a, b in ((0, 32), (32, 64), (64, 72))], dim=1)
+        torch.testing.assert_close(grouped, expected, rtol=0, atol=0)
+    # protected groups with a partial last group (16 + 16 + 16 + 16 + 8): the 8-wide one can be protected
+    from helpers.compression.protect import select_protected_groups
+    settings = QuantSettings(bits=3, group_size=32, protect_fraction=0.2, protect_group_size=16, protect_bits=16)
+    w[:, 64:] *= 50  # the partial groups are the largest: the magnitude rule must pick them
+    chosen = select_protected_groups(w, settings)
+    assert chosen.shape == (8, 5) and chosen[:, 4].all()
+    out = rtn(w, settings, chosen)
+    torch.testing.assert_close(out[:, 64:], w[:, 64:], rtol=0, atol=0)  # kept at 16 bits
 
 
-def test_groups_straddling_a_block_boundary_are_fitted_on_fully_updated_weights(correlated_inputs):
+@pytest.mark.parametrize("act_order, static_groups", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("group_fit", ["block_start", "updated"])
+def test_gptq_partial_groups_equal_the_column_by_column_reference(correlated_inputs, act_order, static_groups,
+                                                                  group_fit):
+    """Width 200 with groups of 48 (4 x 48 + 8) and 64-column blocks: groups straddle blocks and the last
+    is partial; the blocked loop equals the straightforward column loop under either group-fit rule."""
+    from helpers.compression.obs import obs_solve_reference
+    x = correlated_inputs[:, :200]
+    w = torch.randn(ROWS, 200, generator=torch.Generator().manual_seed(4))
+    settings = QuantSettings(bits=3, group_size=48, act_order=act_order, static_groups=static_groups,
+                             group_fit=group_fit)
+    hessian = hessian_of(x)
+    permutation = torch.argsort(torch.diag(hessian), descending=True) if act_order else None
+    wp, hp = (w, hessian) if permutation is None else (w[:, permutation], hessian[permutation][:, permutation])
+    fast = obs_solve(wp, hp, quantizer=GridQuantizer(settings, permutation), block_size=64).weight
+    slow = obs_solve_reference(wp, hp, quantizer=GridQuantizer(settings, permutation), block_size=64).weight
+    assert float((fast - slow).abs().max()) < 1e-4 * float(w.abs().max())
+    per_row_levels = [len(torch.unique(fast[r, -8:])) for r in range(ROWS)] if permutation is None else [1]
+    assert max(per_row_levels) <= 8  # the partial group is on one 3-bit grid
+
+
+def test_the_two_group_fit_rules_differ_only_where_in_block_updates_reach_a_group_start(correlated_inputs):
+    """With groups as wide as the block, every group starts at a block start, where the two rules see
+    the same weights; with narrower groups the later groups of a block see different weights."""
+    x = correlated_inputs[:, :128]
+    w = torch.randn(ROWS, 128, generator=torch.Generator().manual_seed(6))
+    hessian = hessian_of(x)
+
+    def solve(group_size, fit):
+        return obs_solve(w, hessian, quantizer=GridQuantizer(QuantSettings(bits=3, group_size=group_size,
+                                                                           group_fit=fit)), block_size=64).weight
+
+    torch.testing.assert_close(solve(64, "block_start"), solve(64, "updated"), rtol=0, atol=0)
+    narrow = (solve(32, "block_start") - solve(32, "updated")).abs()
+    assert float(narrow[:, :32].max()) == 0 and float(narrow[:, 32:64].max()) > 0
+
+
+@pytest.mark.parametrize("group_fit", ["block_start", "updated"])
+def test_groups_straddling_a_block_boundary_match_the_reference(correlated_inputs, group_fit):
     """Group size 48 with 128-column blocks: the group at columns 96..143 starts inside one block and ends
-    in the next. Its grid must be fitted on the weights after every earlier column's update, as the
-    column-by-column reference does, so the blocked loop and the reference agree."""
+    in the next. Under either rule its grid is fitted on the same weights the column-by-column reference
+    uses (updated: after every earlier column's update; block_start: as the block started)."""
     from helpers.compression.obs import obs_solve_reference
     x = correlated_inputs[:, :192]
     w = torch.randn(ROWS, 192, generator=torch.Generator().manual_seed(4))
-    settings = QuantSettings(bits=3, group_size=48)
+    settings = QuantSettings(bits=3, group_size=48, group_fit=group_fit)
     fast = obs_solve(w, hessian_of(x), quantizer=GridQuantizer(settings)).weight
     slow = obs_solve_reference(w, hessian_of(x), quantizer=GridQuantizer(settings)).weight
     assert float((fast - slow).abs().max()) < 1e-4 * float(w.abs().max())

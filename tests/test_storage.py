@@ -75,3 +75,27 @@ def test_a_method_that_quantizes_without_describing_its_storage_is_an_error(monk
         compress_model(model, Recipe(method="rtn", quant=QuantSettings(bits=4)), progress=False)
     with pytest.raises(ValueError, match="no 'storage' entry"):
         bits_per_weight({"layer": {"bits": 4}})
+
+
+@pytest.mark.parametrize("spec", [
+    dict(method="rtn", quant=QuantSettings(bits=4, group_size=48)),
+    dict(method="gptq", quant=QuantSettings(bits=4, group_size=48)),
+    dict(method="gptq", quant=QuantSettings(bits=4, group_size=48, act_order=True)),
+    dict(method="gptq", quant=QuantSettings(bits=4, group_size=48, act_order=True, static_groups=True)),
+    dict(method="sparsegpt", sparsity=0.5, quant=QuantSettings(bits=4, group_size=48)),
+    dict(method="rtn", quant=QuantSettings(bits=3, group_size=48, protect_fraction=0.05)),
+])
+def test_a_group_size_that_does_not_divide_the_width_gives_partial_groups_counted_per_real_group(spec):
+    """tiny-llama's widths 64 and 128 with groups of 48: 48 + 16 and 48 + 48 + 32 (as 576 = 4 x 128 + 64)."""
+    model, _ = load_model("tiny-llama", layers=2, seed=1)
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+    report = compress_model(model, Recipe(**spec), calibration_ids=ids, progress=False)
+    quant = spec["quant"]
+    for name, linear in compressed_linears(model).items():
+        rows, columns = linear_weight(linear).shape
+        storage = report.layers[name]["storage"]
+        assert storage["grids"] == rows * -(-columns // 48) * (16 + quant.bits)
+        assert torch.isfinite(linear_weight(linear)).all()
+        if spec["method"] != "sparsegpt" and not quant.protects and not quant.act_order:
+            last = linear_weight(linear)[:, 48 * (columns // 48):]
+            assert max(len(torch.unique(row)) for row in last) <= 2 ** quant.bits  # one grid per partial group

@@ -177,7 +177,6 @@ class RoundToNearest(LayerMethod):
 
     def compress_weight(self, name, weight, collector):
         quant = self.recipe.quant
-        quant.check_columns(weight.shape[1], name)
         diagonal = collector.norms().square() if collector is not None else None
         protected = layer_protection(weight, quant, hessian_diagonal=diagonal, seed=self.recipe.seed, name=name)
         return rtn(weight, quant, protected), quantization_info(quant, tuple(weight.shape), protected,
@@ -197,8 +196,6 @@ class OBSMethod(LayerMethod):
 
     def compress_weight(self, name, weight, collector):
         recipe, quant = self.recipe, self.recipe.quant
-        if quant is not None:
-            quant.check_columns(weight.shape[1], name)
         sparsity, pattern = self.sparsity(name), self.recipe.parsed_pattern
         hessian = collector.hessian()
         protected = None
@@ -317,9 +314,6 @@ def compress_model(model: nn.Module, recipe: Recipe, *, tokenizer=None, calibrat
             if linear_weight(linear).shape[1] % pattern.m:
                 raise ValueError(f"pattern {pattern} needs every input width divisible by M={pattern.m}, but "
                                  f"{name} has {linear_weight(linear).shape[1]}; choose another M.")
-    if recipe.quant is not None:
-        for name, linear in linears.items():
-            recipe.quant.check_columns(linear_weight(linear).shape[1], name)
     if recipe.needs_calibration:
         if calibration_ids is None:
             if tokenizer is None:

@@ -118,6 +118,7 @@ def obs_solve(weight: torch.Tensor, hessian: torch.Tensor, *, sparsity: float = 
         i2 = min(i1 + block_size, columns)
         count = i2 - i1
         W1 = WT[i1:i2]                       # a view: updated in place
+        start = W1.clone() if quantizer is not None else None  # the block as it starts (reference group fits)
         Err1 = torch.empty_like(W1)          # row i: (w - q) / U_ii of column i1 + i
         U1 = U[i1:i2, i1:i2]
         d = torch.diag(U1)
@@ -136,10 +137,14 @@ def obs_solve(weight: torch.Tensor, hessian: torch.Tensor, *, sparsity: float = 
                 mask[i:i + prune_m].scatter_(0, torch.topk(score, prune_n, dim=0, largest=False).indices, True)
             q = w if mask is None else w.masked_fill(mask[i], 0)
             if quantizer is not None:
-                def upcoming(i=i):
-                    # Columns after this block have not had this block's lazy update yet: apply the
-                    # pending part, so a group that starts here and ends in a later block is fitted
-                    # on fully updated weights (only matters when block_size % group_size != 0).
+                def upcoming(updated=True, i=i):
+                    # The weights of columns i1 + i onwards [rows, columns - i1 - i]. updated: with every
+                    # earlier column's update; columns after this block have not had this block's lazy
+                    # update yet, so the pending part is applied (it matters only for a group that
+                    # starts here and ends in a later block). Otherwise: as they stood when the block
+                    # started, later blocks without this block's updates (the reference GPTQ's W).
+                    if not updated:
+                        return torch.cat([start[i:], WT[i2:]], dim=0).t()
                     later = WT[i2:] - U[i1:i1 + i, i2:].t() @ Err1[:i]
                     return torch.cat([W1[i:], later], dim=0).t()
                 q = quantizer.quantize(q, i1 + i, upcoming)
@@ -172,7 +177,12 @@ def obs_solve_reference(weight: torch.Tensor, hessian: torch.Tensor, *, sparsity
         quantizer.start(W)
     mask = torch.zeros_like(W, dtype=torch.bool)
     loss = 0.0
+    at_block_start = W.clone()
     for i in range(columns):
+        if i % block_size == 0:
+            # What the blocked loop's weights hold at a block start: earlier blocks fully updated, and
+            # for this block's and later columns only the updates of earlier blocks' columns.
+            at_block_start = W.clone()
         if prune_n and i % prune_m == 0:
             group = slice(i, i + prune_m)
             score = W[:, group].square() / torch.diag(U)[group].square()
@@ -190,7 +200,7 @@ def obs_solve_reference(weight: torch.Tensor, hessian: torch.Tensor, *, sparsity
         q = w.clone()
         q[mask[:, i]] = 0
         if quantizer is not None:
-            q = quantizer.quantize(q, i, lambda i=i: W[:, i:])
+            q = quantizer.quantize(q, i, lambda updated=True, i=i: W[:, i:] if updated else at_block_start[:, i:])
             q[mask[:, i]] = 0
         err = (w - q) / U[i, i]
         loss += float(err.square().sum())

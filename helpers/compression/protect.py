@@ -1,7 +1,8 @@
 """Protected outlier groups (arXiv 2406.06773): which weight groups are kept at higher precision.
 
 A weight group is `g = settings.protection_group_size` consecutive input weights of one output row,
-so a [rows, columns] matrix has rows * columns / g groups. A fraction p of them (exactly
+so a [rows, columns] matrix has rows * ceil(columns / g) groups (the last of a row partial when g
+does not divide the width). A fraction p of them (exactly
 round(p * n_groups) per matrix, chosen over the whole matrix) is kept at `protect_bits` while the
 rest is quantized at `bits` (RTN or GPTQ: helpers.compression.quantizer.rtn / GridQuantizer take the map).
 
@@ -23,7 +24,7 @@ from typing import Mapping
 import torch
 
 from .pruning import layer_seed
-from .quantizer import QuantSettings
+from .quantizer import QuantSettings, padded_groups
 from .storage import protected_count, storage_bits
 
 
@@ -33,15 +34,14 @@ def group_scores(weight: torch.Tensor, settings: QuantSettings, *, hessian_diago
     """The selection score of every group, [rows, columns / g] (see the module docstring)."""
     w = weight.float()
     rows, columns = w.shape
-    settings.check_columns(columns, name)
     g = settings.protection_group_size
-    groups = w.reshape(rows, columns // g, g)
+    groups = padded_groups(w, g)  # a partial last group is zero-padded: no effect on max |w| or sum w^2 H
     rule = settings.protect_rule
     if rule == "magnitude":
         return groups.abs().amax(dim=2)
     if rule == "random":
         generator = torch.Generator().manual_seed(layer_seed(seed, name))
-        return torch.rand(rows, columns // g, generator=generator).to(w.device)
+        return torch.rand(rows, groups.shape[1], generator=generator).to(w.device)
     if rule == "hessian":
         if hessian_diagonal is None:
             raise ValueError(f"protect_rule='hessian' needs the Hessian diagonal of layer {name or '?'!r} "
@@ -49,7 +49,7 @@ def group_scores(weight: torch.Tensor, settings: QuantSettings, *, hessian_diago
         diagonal = hessian_diagonal.float().to(w.device)
         if diagonal.shape != (columns,):
             raise ValueError(f"hessian_diagonal has shape {tuple(diagonal.shape)}; expected ({columns},).")
-        return (w.square() * diagonal[None, :]).reshape(rows, columns // g, g).sum(dim=2)
+        return padded_groups(w.square() * diagonal[None, :], g).sum(dim=2)
     raise ValueError(f"protect_rule={rule!r} is not known.")
 
 

@@ -37,6 +37,8 @@ class QuantSettings:
     mse: bool = False              # search a shrunken range that minimizes the rounding error
     act_order: bool = False        # GPTQ: process columns by descending Hessian diagonal
     static_groups: bool = False    # GPTQ + act_order: fit the group grids before permuting
+    group_fit: str = "block_start"  # GPTQ dynamic groups: grid from the weights at the start of the current
+    #                                 128-column block (the reference's rule) or "updated" (in-block updates applied)
     protect_fraction: float = 0.0  # fraction of weight groups kept at protect_bits (2406.06773 uses 0.02)
     protect_rule: str = "magnitude"  # 'magnitude' (group max |w|), 'random' (seeded), 'hessian' (sum w^2 H_jj)
     protect_bits: int = 8          # precision of protected groups; 16 = left unquantized
@@ -51,6 +53,9 @@ class QuantSettings:
         if not isinstance(self.protect_fraction, (int, float)) or not 0 <= self.protect_fraction < 1:
             raise ValueError(f"protect_fraction={self.protect_fraction!r}; expected a fraction of weight groups "
                              "in [0, 1), e.g. 0.02 for 2%.")
+        if self.group_fit not in GROUP_FITS:
+            raise ValueError(f"group_fit={self.group_fit!r}; expected one of {GROUP_FITS} ('block_start' is the "
+                             "reference GPTQ's rule).")
         if self.protect_rule not in PROTECT_RULES:
             raise ValueError(f"protect_rule={self.protect_rule!r} is not known; expected one of {PROTECT_RULES}.")
         if not _valid_bits(self.protect_bits):
@@ -78,21 +83,12 @@ class QuantSettings:
         """The 'hessian' protection rule needs calibration inputs (diag H), even for RTN."""
         return self.protects and self.protect_rule == "hessian"
 
-    def check_columns(self, columns: int, layer: str = "") -> None:
-        divisors = [d for d in (16, 32, 48, 64, 96, 128, 192, 256) if columns % d == 0]
-        if self.group_size is not None and columns % self.group_size:
-            raise ValueError(f"group_size={self.group_size} does not divide the input width {columns}"
-                             f"{' of ' + layer if layer else ''}; pick a divisor (e.g. {divisors}) or None.")
-        if self.protects and columns % self.protection_group_size:
-            raise ValueError(f"protection group size {self.protection_group_size} does not divide the input "
-                             f"width {columns}{' of ' + layer if layer else ''}; set protect_group_size to a "
-                             f"divisor (e.g. {divisors}).")
-
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 PROTECT_RULES = ("magnitude", "random", "hessian")
+GROUP_FITS = ("block_start", "updated")
 
 
 def _valid_bits(bits) -> bool:
@@ -159,36 +155,51 @@ def dequantize(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, ma
     return scale * (q - zero)
 
 
+def padded_groups(weight: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[rows, columns] -> [rows, groups, group_size], the last group of each row zero-padded when
+    group_size does not divide columns (a partial last group, as the reference GPTQ has). Zeros never
+    widen a grid's range, which always holds 0."""
+    rows, columns = weight.shape
+    groups = -(-columns // group_size)
+    if groups * group_size != columns:
+        weight = torch.nn.functional.pad(weight, (0, groups * group_size - columns))
+    return weight.reshape(rows, groups, group_size)
+
+
 @torch.no_grad()
 def rtn(weight: torch.Tensor, settings: QuantSettings, protected: torch.Tensor | None = None) -> torch.Tensor:
     """Round-to-nearest on the settings' grid, per channel or per group; returns float32.
 
-    protected: optional boolean map [rows, columns / protection_group_size] of protected groups
-    (helpers.compression.protect.select_protected_groups); those groups are quantized at protect_bits on their
-    own grid (or kept exact at 16) and left out of the low-bit grids' range.
+    Groups are `group_size` consecutive input columns of a row; a width the group size does not
+    divide ends each row in a partial last group with its own grid (576 = 4 x 128 + 64).
+    protected: optional boolean map [rows, ceil(columns / protection_group_size)] of protected groups
+    (helpers.compression.protect.select_protected_groups); those groups are quantized at protect_bits
+    on their own grid (or kept exact at 16) and left out of the low-bit grids' range.
     """
     w = weight.float()
     rows, columns = w.shape
-    settings.check_columns(columns)
     maxq = max_level(settings.bits)
-    mask = None if protected is None else expand_groups(protected, columns)
+    mask = None if protected is None else expand_groups(protected, columns, settings.protection_group_size)
     fit_on = w if mask is None else w.masked_fill(mask, 0)  # 0 never widens a range that holds 0
     if settings.group_size is None:
         scale, zero = fit_grid(fit_on, settings.bits, settings.symmetric, settings.mse)
         low = dequantize(w, scale, zero, maxq)
     else:
-        n = rows * columns // settings.group_size
-        scale, zero = fit_grid(fit_on.reshape(n, settings.group_size), settings.bits, settings.symmetric, settings.mse)
-        low = dequantize(w.reshape(n, settings.group_size), scale, zero, maxq).reshape(rows, columns)
+        g = settings.group_size
+        grouped = padded_groups(fit_on, g)
+        scale, zero = fit_grid(grouped.reshape(-1, g), settings.bits, settings.symmetric, settings.mse)
+        values = padded_groups(w, g).reshape(-1, g)
+        low = dequantize(values, scale, zero, maxq).reshape(rows, -1)[:, :columns]
     if mask is None:
         return low
     return torch.where(mask, quantize_protected(w, protected, settings), low)
 
 
-def expand_groups(groups: torch.Tensor, columns: int) -> torch.Tensor:
-    """A [rows, n_groups] group map -> [rows, columns] element map (each group = columns / n_groups
-    consecutive input columns)."""
-    return groups.to(torch.bool).repeat_interleave(columns // groups.shape[1], dim=1)
+def expand_groups(groups: torch.Tensor, columns: int, group_size: int) -> torch.Tensor:
+    """A [rows, n_groups] group map -> [rows, columns] element map (group j = columns
+    j * group_size ... (j + 1) * group_size - 1; the last one may be partial)."""
+    index = torch.arange(columns, device=groups.device) // group_size
+    return groups.to(torch.bool)[:, index]
 
 
 @torch.no_grad()
@@ -200,14 +211,14 @@ def quantize_protected(weight: torch.Tensor, protected: torch.Tensor, settings: 
     if settings.protect_bits == 16:
         return w.clone()
     rows, columns = w.shape
-    size = columns // protected.shape[1]
-    groups = w.reshape(-1, size)
+    size = settings.protection_group_size
+    groups = padded_groups(w, size).reshape(-1, size)
     chosen = protected.reshape(-1).to(torch.bool)
-    out = w.clone().reshape(-1, size)
+    out = groups.clone()
     if chosen.any():
         scale, zero = fit_grid(groups[chosen], settings.protect_bits, settings.symmetric, settings.mse)
         out[chosen] = dequantize(groups[chosen], scale, zero, max_level(settings.protect_bits))
-    return out.reshape(rows, columns)
+    return out.reshape(rows, -1)[:, :columns]
 
 
 class GridQuantizer:
@@ -215,8 +226,11 @@ class GridQuantizer:
 
     start(weight): fit the per-channel grid (or, with static groups, every group's grid) on the
     weight before any update. quantize(values, index, upcoming): quantize column `index` (in the
-    processing order); with groups, refit at each group start on `upcoming()`, the current
-    (already updated) weights of the columns from `index` on.
+    processing order); with dynamic groups, refit at each group start on the weights of the columns
+    from `index` on: `upcoming(updated=False)`, as they stood when the current block of the OBS loop
+    started (earlier blocks' updates applied, this block's not: the reference GPTQ's rule,
+    settings.group_fit="block_start"), or `upcoming(updated=True)`, with every earlier column's
+    update applied (group_fit="updated"; lower error on small layers).
 
     permutation: the processing order (act-order), as original column indices; None = identity.
     protected: optional boolean map [rows, columns / protection_group_size] of protected groups in
@@ -241,7 +255,8 @@ class GridQuantizer:
         inverse = None if self.permutation is None else torch.argsort(self.permutation)
         original = weight if inverse is None else weight[:, inverse]
         if self.protected_groups is not None:
-            mask = expand_groups(self.protected_groups.to(weight.device), weight.shape[1])
+            mask = expand_groups(self.protected_groups.to(weight.device), weight.shape[1],
+                                 s.protection_group_size)
             self.mask = mask if self.permutation is None else mask[:, self.permutation]
             self.inverse = (torch.arange(weight.shape[1], device=weight.device) if inverse is None
                             else inverse.to(weight.device))
@@ -251,7 +266,7 @@ class GridQuantizer:
         elif s.static_groups:
             if self.mask is not None:
                 original = original.masked_fill(expand_groups(self.protected_groups.to(weight.device),
-                                                              weight.shape[1]), 0)
+                                                              weight.shape[1], s.protection_group_size), 0)
             self.group_grids = [fit_grid(original[:, g:g + s.group_size], s.bits, s.symmetric, s.mse)
                                 for g in range(0, original.shape[1], s.group_size)]
 
@@ -262,7 +277,7 @@ class GridQuantizer:
                 column = index if self.permutation is None else int(self.permutation[index])
                 self.scale, self.zero = self.group_grids[column // s.group_size]
             elif index % s.group_size == 0:
-                window = upcoming()[:, : s.group_size]
+                window = upcoming(updated=s.group_fit == "updated")[:, : s.group_size]
                 if self.mask is not None:
                     window = window.masked_fill(self.mask[:, index:index + s.group_size], 0)
                 self.scale, self.zero = fit_grid(window, s.bits, s.symmetric, s.mse)
