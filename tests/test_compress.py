@@ -241,3 +241,17 @@ def test_compress_command_on_tiny_llama(tmp_path, capsys):
         args = ["compress", "--model", "no-such-model", "--method", "sparsegpt", "--results", str(results), *bad]
         assert main(args) == 2
         assert message in capsys.readouterr().err
+
+
+def test_compress_command_checks_the_recipe_against_the_model_before_the_dense_pass(tmp_path, capsys, monkeypatch):
+    from helpers.running import cli
+
+    def no_dense_pass(*args, **kwargs):
+        raise AssertionError("the dense reference pass ran before the recipe was checked")
+
+    monkeypatch.setattr(cli, "DenseReference", no_dense_pass)
+    results = tmp_path / "results.jsonl"
+    argv = ["compress", "--model", "tiny-llama", "--method", "magnitude", "--pattern", "1:128",
+            "--results", str(results), "--no-progress"]
+    assert cli.main(argv) == 2
+    assert "divisible by M=128" in capsys.readouterr().err and not results.exists()

@@ -80,3 +80,26 @@ def test_collectors_match_closed_forms():
     flat = x.reshape(-1, 6)
     torch.testing.assert_close(hessian.hessian(), 2 * flat.t() @ flat / 30)
     torch.testing.assert_close(norms.norms(), flat.norm(dim=0))
+
+
+def test_bf16_models_get_float32_logits_for_nll_and_kl():
+    from helpers.evaluation.metrics import log_probs
+    from helpers.models import load_model
+
+    model, _ = load_model("tiny-llama", dtype="bfloat16")
+    ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(2))
+    hidden = final_hidden(model, ids)[0]
+    head = model.get_output_embeddings()
+    assert head.weight.dtype == torch.bfloat16
+    expected = torch.log_softmax(hidden.float() @ head.weight.float().t(), dim=-1)
+    torch.testing.assert_close(log_probs(model, hidden), expected, rtol=0, atol=1e-6)
+    bf16 = torch.log_softmax(head(hidden).float(), dim=-1)
+    assert float((bf16 - expected).detach().abs().max()) > 1e-4  # what bf16 logits would have given instead
+    nll = token_nll(model, hidden, ids[0])
+    torch.testing.assert_close(nll, -expected[:-1].gather(-1, ids[0, 1:, None]).squeeze(-1), rtol=0, atol=1e-6)
+    # a slightly different hidden state gives a small KL that bf16 logits would round away
+    other = hidden + 1e-3 * torch.randn(hidden.shape, generator=torch.Generator().manual_seed(3)).to(hidden.dtype)
+    kl = kl_from_hidden(model, hidden, other)
+    exact = kl_unchunked(hidden.float() @ head.weight.float().t(), other.float() @ head.weight.float().t())
+    torch.testing.assert_close(kl, exact, rtol=1e-3, atol=1e-7)
+    assert (kl_from_hidden(model, hidden, hidden) == 0).all()

@@ -293,12 +293,10 @@ class CompressionReport:
                 "fallbacks": sum(bool(v.get("fallback")) for v in self.layers.values())}
 
 
-def compress_model(model: nn.Module, recipe: Recipe, *, tokenizer=None, calibration_ids: torch.Tensor | None = None,
-                   device: str | torch.device | None = None, batch_size: int = 8,
-                   progress: bool = True) -> CompressionReport:
-    """Compress every decoder-block linear of `model` in place according to `recipe`."""
-    start = time.perf_counter()
-    method = METHODS[recipe.method](recipe)
+def check_recipe(model: nn.Module, recipe: Recipe) -> dict[str, nn.Module]:
+    """Check `recipe` against the model's layers and shapes, before any forward pass; returns the
+    linears it compresses. (Group sizes need no check: a width they do not divide ends in a partial
+    group.)"""
     linears = compressed_linears(model)
     if isinstance(recipe.sparsity, Mapping):
         missing = set(linears) - set(recipe.sparsity)
@@ -314,6 +312,16 @@ def compress_model(model: nn.Module, recipe: Recipe, *, tokenizer=None, calibrat
             if linear_weight(linear).shape[1] % pattern.m:
                 raise ValueError(f"pattern {pattern} needs every input width divisible by M={pattern.m}, but "
                                  f"{name} has {linear_weight(linear).shape[1]}; choose another M.")
+    return linears
+
+
+def compress_model(model: nn.Module, recipe: Recipe, *, tokenizer=None, calibration_ids: torch.Tensor | None = None,
+                   device: str | torch.device | None = None, batch_size: int = 8,
+                   progress: bool = True) -> CompressionReport:
+    """Compress every decoder-block linear of `model` in place according to `recipe`."""
+    start = time.perf_counter()
+    method = METHODS[recipe.method](recipe)
+    linears = check_recipe(model, recipe)
     if recipe.needs_calibration:
         if calibration_ids is None:
             if tokenizer is None:

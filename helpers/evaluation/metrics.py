@@ -1,4 +1,4 @@
-"""Perplexity, per-position KL(dense || compressed) and sparsity, all memory-bounded.
+"""Perplexity and per-position KL(dense || compressed), memory-bounded, from float32 logits.
 
 Nothing here holds a [tokens, vocab] logits tensor for a whole window: the models return their
 final hidden states, and the output head, log-softmax, NLL and KL run over chunks of positions.
@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..models import compressed_linears, linear_weight
 
 # Elements of one [chunk, vocab] logits block: bounds the head's working memory (~128 MiB fp32).
 HEAD_CHUNK_ELEMENTS = 1 << 25
@@ -33,10 +32,26 @@ def final_hidden(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     return out.last_hidden_state
 
 
+def _float32_head(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The output head's weight (and bias) in float32, converted once per weight version and kept on
+    the module, so bf16 / fp16 models get float32 logits without a conversion per chunk."""
+    weight, bias = head.weight, getattr(head, "bias", None)
+    if weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32):
+        return weight, bias
+    key = (weight.data_ptr(), weight._version)
+    cached = getattr(head, "_float32_copy", None)
+    if cached is None or cached[0] != key:
+        cached = (key, weight.detach().float(), None if bias is None else bias.detach().float())
+        head._float32_copy = cached
+    return cached[1], cached[2]
+
+
 def log_probs(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """log-softmax of the model's output head on `hidden` [..., hidden] (float32)."""
+    """log-softmax of the model's output head on `hidden` [..., hidden], computed in float32 whatever
+    the model's dtype (bf16 logits would put a rounding floor under small KLs)."""
     head = model.get_output_embeddings()
-    logits = head(hidden.to(head.weight.device, head.weight.dtype)).float()
+    weight, bias = _float32_head(head)
+    logits = F.linear(hidden.to(weight.device, torch.float32), weight, bias)
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap

@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..compression.activations import ActivationSettings, KVSettings, quantize_activations, quantize_kv_cache
-from ..compression.compress import METHODS, CompressionReport, Recipe, compress_model
+from ..compression.compress import METHODS, CompressionReport, Recipe, check_recipe, compress_model
 from ..compression.quantizer import QuantSettings
 from ..compression.storage import STORAGE_CONVENTION, VALUE_BITS
 from ..data import CalibrationSettings, calibration_samples
@@ -314,6 +314,9 @@ class Runner:
         names = [m.name for m in measurements]
         if len(set(names)) != len(names) or not names:
             raise ValueError(f"measurement names must be unique and at least one; got {names}.")
+        for variant in variants:  # every recipe against the model's shapes, before any work
+            if variant.recipe is not None:
+                check_recipe(self.model, variant.recipe)
         recorded = {r.get("key") for r in self.table.records() if r.get("attempt")}
         reports = {}
         try:

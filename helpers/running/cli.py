@@ -130,6 +130,7 @@ def check_eval_settings(args) -> None:
 
 
 def command_compress(args) -> int:
+    from ..compression.compress import check_recipe
     from ..experiments.core import Measurement, Runner, Variant, latest_frame
 
     variant = compress_variant(args)
@@ -137,6 +138,7 @@ def command_compress(args) -> int:
     check_eval_settings(args)
     progress = not args.no_progress
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    check_recipe(model, recipe)  # the recipe against the model's shapes, before the dense reference pass
     windows = evaluation_windows(tokenizer, dataset=args.dataset, seq_len=args.seq_len,
                                  max_windows=args.max_windows, token_file=args.token_file)
     protocol = {**eval_protocol(args), "windows_evaluated": int(windows.shape[0]), "tokens": int(windows.numel()),
