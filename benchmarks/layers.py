@@ -55,7 +55,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from helpers.compression.compress import METHODS, Recipe  # noqa: E402
-from helpers.compression.obs import obs_solve_reference  # noqa: E402
+from helpers.compression.obs import obs_compress, obs_solve_reference  # noqa: E402
 from helpers.compression.pruning import wanda_scores  # noqa: E402
 from helpers.compression.quantizer import GridQuantizer, QuantSettings  # noqa: E402
 from helpers.compression.stats import HessianCollector, InputNormCollector  # noqa: E402
@@ -113,22 +113,11 @@ def random_weight(rows: int, columns: int, seed: int = 1, device: str = "cpu") -
 
 # --------------------------------------------------------------------------- straightforward versions
 def obs_layer_reference(weight: torch.Tensor, hessian: torch.Tensor, recipe: Recipe) -> torch.Tensor:
-    """The OBS methods' compress_weight with helpers.compression.obs.obs_solve_reference as the solver (same
-    act-order permutation, quantizer and mask rules; no blocks, no lazy batching)."""
-    quant = recipe.quant
+    """The OBS methods' per-layer function (helpers.compression.obs.obs_compress: same act-order permutation,
+    quantizer and mask rules) with obs_solve_reference as the solver (no blocks, no lazy batching)."""
     sparsity = recipe.sparsity_for("layer") if METHODS[recipe.method].prunes else 0.0
-    pattern = recipe.parsed_pattern
-    permutation = None
-    if quant is not None and quant.act_order:
-        permutation = torch.argsort(torch.diag(hessian), descending=True)
-        weight, hessian = weight[:, permutation], hessian[permutation][:, permutation]
-    quantizer = GridQuantizer(quant, permutation) if quant is not None else None
-    result = obs_solve_reference(weight, hessian, sparsity=sparsity, prune_n=pattern.n if sparsity else 0,
-                                 prune_m=pattern.m if sparsity else 0, quantizer=quantizer,
-                                 block_size=recipe.block_size, damping=recipe.damping)
-    new_weight = result.weight
-    if permutation is not None:
-        new_weight = new_weight[:, torch.argsort(permutation)]
+    new_weight, _ = obs_compress(weight, hessian, sparsity=sparsity, pattern=recipe.pattern, quant=recipe.quant,
+                                 block_size=recipe.block_size, damping=recipe.damping, solver=obs_solve_reference)
     return new_weight
 
 
@@ -273,13 +262,13 @@ def kl_worker(task: dict) -> dict:
 
 @torch.no_grad()
 def model_worker(task: dict) -> dict:
-    import helpers.compression.compress as compress
+    import helpers.compression.obs as obs
     from helpers.data import CalibrationSettings, calibration_samples
     from helpers.compression.engine import run_layerwise
     from helpers.models import load_model
     torch.set_num_threads(task["threads"])
     if task["implementation"] == "reference":
-        compress.obs_solve = obs_solve_reference  # this subprocess only: the OBS methods use the reference
+        obs.obs_solve = obs_solve_reference  # this subprocess only: the OBS methods use the reference
     model, tokenizer = load_model(task["model"])
     calibration = CalibrationSettings(n_samples=task["samples"], seq_len=task["seq_len"], seed=0)
     ids = calibration_samples(tokenizer, calibration)

@@ -190,14 +190,16 @@ def test_nan_hessian_falls_back_to_magnitude_with_a_warning(recipe):
 
 def test_cholesky_failure_in_a_model_is_recorded_not_raised(tiny_llama, monkeypatch):
     model, _ = tiny_llama
-    real = compress_module.obs_solve
+    from helpers.compression import obs as obs_module
+
+    real = obs_module.obs_solve
 
     def failing_on_q_proj(weight, hessian, **settings):
         if weight.shape[1] == 64 and torch.equal(weight, linear_weight(model.model.layers[0].self_attn.q_proj)):
             raise CholeskyFailure("Cholesky failed with damping 0.01; giving up")
         return real(weight, hessian, **settings)
 
-    monkeypatch.setattr(compress_module, "obs_solve", failing_on_q_proj)
+    monkeypatch.setattr(obs_module, "obs_solve", failing_on_q_proj)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # compress_model must catch and record, not let it escape
         report = compress_model(model, Recipe(method="sparsegpt", sparsity=0.5), calibration_ids=calibration(),

@@ -7,7 +7,7 @@ import torch
 
 from helpers.compression.compress import Recipe, compress_model
 from helpers.models import compressed_linears, linear_weight, load_model
-from helpers.compression.obs import obs_solve
+from helpers.compression.obs import gptq, obs_solve
 from helpers.compression.protect import group_scores, protection_maps, select_protected_groups
 from helpers.compression.storage import bits_per_weight, effective_bits, protected_count, storage_bits
 from helpers.compression.quantizer import GridQuantizer, QuantSettings, expand_groups, fit_grid, rtn
@@ -96,16 +96,15 @@ def test_rtn_keeps_protected_groups_at_their_precision(weight, group_size):
     QuantSettings(bits=3, group_size=32, act_order=True, static_groups=True, protect_fraction=0.05,
                   protect_group_size=32)])
 def test_gptq_with_identity_hessian_equals_protected_rtn(weight, settings):
-    """Without correlations GPTQ + protection reduces to RTN + protection, act-order or not."""
+    """Without correlations (a diagonal Hessian) GPTQ + protection reduces to RTN + protection, act-order
+    (here a real permutation: distinct diagonal entries) or not; through the pure function gptq()."""
     chosen = select_protected_groups(weight, settings)
-    permutation = torch.randperm(COLUMNS, generator=torch.Generator().manual_seed(5)) if settings.act_order else None
-    w = weight if permutation is None else weight[:, permutation]
-    result = obs_solve(w, torch.eye(COLUMNS), quantizer=GridQuantizer(settings, permutation, chosen)).weight
-    if permutation is not None:
-        result = result[:, torch.argsort(permutation)]
+    hessian = torch.diag(torch.rand(COLUMNS, generator=torch.Generator().manual_seed(5)) + 0.5)
+    result, info = gptq(weight, hessian, settings)
+    assert torch.equal(info["protected_groups"], chosen.cpu()) and info["bits_per_weight"] > settings.bits
     if settings.act_order and not settings.static_groups:
         # dynamic groups are groups of the processing order: compare only the protected entries
-        mask = expand_groups(chosen, COLUMNS, 16)
+        mask = expand_groups(chosen, COLUMNS, settings.protection_group_size)
         torch.testing.assert_close(result[mask], rtn(weight, settings, chosen)[mask], rtol=0, atol=0)
     else:
         torch.testing.assert_close(result, rtn(weight, settings, chosen), rtol=0, atol=0)

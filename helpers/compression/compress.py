@@ -21,10 +21,10 @@ from torch import nn
 from ..data import CalibrationSettings, calibration_samples
 from .engine import run_layerwise
 from ..models import compressed_linears, linear_weight, set_linear_weight
-from .obs import CholeskyFailure, obs_solve
+from .obs import obs_compress
 from .protect import layer_protection, quantization_info
 from .pruning import Pattern, check_sparsity, magnitude_mask, random_mask, wanda_mask
-from .quantizer import GridQuantizer, QuantSettings, rtn
+from .quantizer import QuantSettings, rtn
 from .stats import HessianCollector, InputNormCollector
 from .storage import bits_per_weight, sparsity_report, storage_bits
 
@@ -195,48 +195,10 @@ class OBSMethod(LayerMethod):
         return 0.0
 
     def compress_weight(self, name, weight, collector):
-        recipe, quant = self.recipe, self.recipe.quant
-        sparsity, pattern = self.sparsity(name), self.recipe.parsed_pattern
-        hessian = collector.hessian()
-        protected = None
-        if quant is not None:  # protected groups are chosen on the original weight and column order
-            protected = layer_protection(weight, quant, hessian_diagonal=torch.diag(hessian),
-                                         seed=self.recipe.seed, name=name)
-        permutation = None
-        if quant is not None and quant.act_order:
-            permutation = torch.argsort(torch.diag(hessian), descending=True)
-            weight, hessian = weight[:, permutation], hessian[permutation][:, permutation]
-        quantizer = GridQuantizer(quant, permutation, protected) if quant is not None else None
-        info = {"target_sparsity": sparsity}
-        try:
-            result = obs_solve(weight, hessian, sparsity=sparsity, prune_n=pattern.n if sparsity else 0,
-                               prune_m=pattern.m if sparsity else 0, quantizer=quantizer,
-                               block_size=recipe.block_size, damping=recipe.damping)
-            new_weight = result.weight
-            info.update(obs_error=result.error, damping=result.damping, dead_columns=result.dead_columns,
-                        warnings=result.warnings)
-        except CholeskyFailure as err:
-            message = (f"{name}: {err}; fell back to "
-                       f"{'magnitude pruning' if sparsity else ''}{' + ' if sparsity and quant else ''}"
-                       f"{'round-to-nearest' if quant else ''} for this layer")
-            warnings.warn(message)
-            if permutation is not None:  # fall back on the original column order, where groups live
-                weight, permutation = weight[:, torch.argsort(permutation)], None
-            new_weight = weight.float()
-            if sparsity:
-                new_weight = new_weight.masked_fill(magnitude_mask(new_weight, sparsity, pattern), 0)
-            if quant is not None:
-                kept = new_weight != 0
-                quantized = rtn(new_weight, quant, protected)
-                new_weight = quantized * kept if sparsity else quantized
-            info.update(fallback=True, warnings=[message])
-        if permutation is not None:
-            new_weight = new_weight[:, torch.argsort(permutation)]
-        if quant is not None:  # pruned positions are the exact zeros; a quantizer alone prunes nothing
-            kept = int((new_weight != 0).sum()) if sparsity else None
-            info.update(quantization_info(quant, tuple(weight.shape), protected, kept=kept, permuted_groups=(
-                quant.act_order and quant.group_size is not None and not quant.static_groups)))
-        return new_weight, info
+        recipe = self.recipe
+        return obs_compress(weight, collector.hessian(), sparsity=self.sparsity(name), pattern=recipe.pattern,
+                            quant=recipe.quant, block_size=recipe.block_size, damping=recipe.damping,
+                            seed=recipe.seed, name=name)
 
 
 class SparseGPT(OBSMethod):

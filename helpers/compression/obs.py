@@ -11,12 +11,22 @@ One function over one layer's weight [rows, columns] and Hessian [columns, colum
                            loss += (w - q)^2 / U_ii^2
         lazily update all later columns with the block's errors
 Returns the new weight and sum(loss) / 2, the OBS estimate of the layer's reconstruction error.
+
+`obs_compress` (and its two names, `sparsegpt` and `gptq`) is the whole per-layer method as a pure
+function of (weight, Hessian, settings) -> (new weight, info): protected groups chosen on the
+original weight, the act-order permutation and its inverse, the column loop, and the fallback to
+magnitude pruning / round-to-nearest when the Hessian cannot be factorized.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
+
+from .protect import layer_protection, quantization_info
+from .pruning import Pattern, magnitude_mask
+from .quantizer import GridQuantizer, QuantSettings, rtn
 
 
 class CholeskyFailure(RuntimeError):
@@ -207,3 +217,74 @@ def obs_solve_reference(weight: torch.Tensor, hessian: torch.Tensor, *, sparsity
         W[:, i:] -= err[:, None] * U[i, i:][None, :]
         W[:, i] = q
     return OBSResult(weight=W, error=loss / 2, damping=used_damping, dead_columns=dead, warnings=warnings)
+
+
+# --------------------------------------------------------------------------- the per-layer methods
+@torch.no_grad()
+def obs_compress(weight: torch.Tensor, hessian: torch.Tensor, *, sparsity: float = 0.0,
+                 pattern: str | Pattern = "unstructured", quant: QuantSettings | None = None, block_size: int = 128,
+                 damping: float = 0.01, seed: int = 0, name: str = "", solver=None) -> tuple[torch.Tensor, dict]:
+    """SparseGPT (sparsity > 0 or an N:M pattern, optionally with joint quantization) or GPTQ (quant only)
+    of one layer: (weight [rows, columns], Hessian [columns, columns], settings) -> (new weight, info).
+
+    Protected groups (quant.protect_fraction) are chosen on the original weight and column order;
+    with quant.act_order the columns are processed by descending Hessian diagonal and put back after;
+    if the Hessian cannot be factorized the layer falls back to magnitude pruning and/or
+    round-to-nearest, recorded in info["fallback"] and a warning. `solver` replaces obs_solve (the
+    benchmarks pass obs_solve_reference). info: target_sparsity, obs_error, damping, dead_columns,
+    warnings, and for quantized layers bits, storage and bits_per_weight (helpers.compression.storage).
+    """
+    solver = solver or obs_solve
+    pattern = Pattern.parse(pattern) if isinstance(pattern, str) else pattern
+    if pattern.structured:
+        sparsity = pattern.sparsity
+    protected = None
+    if quant is not None:  # protected groups are chosen on the original weight and column order
+        protected = layer_protection(weight, quant, hessian_diagonal=torch.diag(hessian), seed=seed, name=name)
+    permutation = None
+    if quant is not None and quant.act_order:
+        permutation = torch.argsort(torch.diag(hessian), descending=True)
+        weight, hessian = weight[:, permutation], hessian[permutation][:, permutation]
+    quantizer = GridQuantizer(quant, permutation, protected) if quant is not None else None
+    info = {"target_sparsity": sparsity}
+    try:
+        result = solver(weight, hessian, sparsity=0.0 if pattern.structured else sparsity,
+                        prune_n=pattern.n if pattern.structured else 0, prune_m=pattern.m if pattern.structured else 0,
+                        quantizer=quantizer, block_size=block_size, damping=damping)
+        new_weight = result.weight
+        info.update(obs_error=result.error, damping=result.damping, dead_columns=result.dead_columns,
+                    warnings=result.warnings)
+    except CholeskyFailure as err:
+        message = (f"{name or 'layer'}: {err}; fell back to "
+                   f"{'magnitude pruning' if sparsity else ''}{' + ' if sparsity and quant else ''}"
+                   f"{'round-to-nearest' if quant else ''} for this layer")
+        warnings.warn(message)
+        if permutation is not None:  # fall back on the original column order, where groups live
+            weight, permutation = weight[:, torch.argsort(permutation)], None
+        new_weight = weight.float()
+        if sparsity:
+            new_weight = new_weight.masked_fill(magnitude_mask(new_weight, sparsity, pattern), 0)
+        if quant is not None:
+            kept = new_weight != 0
+            quantized = rtn(new_weight, quant, protected)
+            new_weight = quantized * kept if sparsity else quantized
+        info.update(fallback=True, warnings=[message])
+    if permutation is not None:
+        new_weight = new_weight[:, torch.argsort(permutation)]
+    if quant is not None:  # pruned positions are the exact zeros; a quantizer alone prunes nothing
+        kept = int((new_weight != 0).sum()) if sparsity else None
+        info.update(quantization_info(quant, tuple(weight.shape), protected, kept=kept, permuted_groups=(
+            quant.act_order and quant.group_size is not None and not quant.static_groups)))
+    return new_weight, info
+
+
+def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float = 0.0, *,
+              pattern: str | Pattern = "unstructured", quant: QuantSettings | None = None,
+              **settings) -> tuple[torch.Tensor, dict]:
+    """SparseGPT on one layer (joint quantization with `quant`); see obs_compress."""
+    return obs_compress(weight, hessian, sparsity=sparsity, pattern=pattern, quant=quant, **settings)
+
+
+def gptq(weight: torch.Tensor, hessian: torch.Tensor, quant: QuantSettings, **settings) -> tuple[torch.Tensor, dict]:
+    """GPTQ on one layer (act-order, static groups, protected groups by `quant`); see obs_compress."""
+    return obs_compress(weight, hessian, quant=quant, **settings)
