@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from helpers.compression.engine import NoCompression, block_outputs, capture_block_inputs, input_hooks, run_layerwise
-from helpers.models import decoder_layers, linear_layers, linear_weight
+from helpers.models import compressed_linears, decoder_layers, linear_layers, linear_weight
 from helpers.compression.stats import HessianCollector
 
 
@@ -125,3 +125,36 @@ def test_a_block_transform_runs_after_the_statistics_and_before_the_linears(tiny
     assert events[0] == ("transform", len(before)) and events[1][0] == "compress"
     for name, weight in before.items():
         torch.testing.assert_close(report.layers[name]["weight"], 2 * weight)
+
+
+@pytest.mark.parametrize("family, expected", [
+    ("llama", [["q_proj", "k_proj", "v_proj"], ["o_proj"], ["gate_proj", "up_proj"], ["down_proj"]]),
+    ("opt", [["q_proj", "k_proj", "v_proj"], ["out_proj"], ["fc1"], ["fc2"]])])
+def test_sequential_groups_follow_the_forward_pass(family, expected, tokens):
+    from helpers.compression.engine import sequential_groups
+    from helpers.models import load_model
+
+    model, _ = load_model(f"tiny-{family}", layers=1, seed=0)
+    inputs = capture_block_inputs(model, tokens, batch_size=2)
+    block = decoder_layers(model)[0]
+    groups = sequential_groups(block, inputs.hidden, inputs.arguments[0], linear_layers(block))
+    assert [[name.rsplit(".", 1)[-1] for name in group] for group in groups] == expected
+
+
+def test_true_sequential_differs_from_one_pass_exactly_where_later_sub_groups_see_compressed_inputs(tokens):
+    """Block 0's q/k/v see the same (dense) inputs either way; its o, gate, up and down see the outputs of
+    already compressed sub-groups under true-sequential, so they (and everything after) differ."""
+    from helpers.compression.compress import GPTQ, Recipe
+    from helpers.compression.quantizer import QuantSettings
+    from helpers.models import load_model
+
+    recipe = Recipe(method="gptq", quant=QuantSettings(bits=3))
+    weights = {}
+    for mode in (False, True):
+        model, _ = load_model("tiny-llama", layers=2, seed=4)
+        run_layerwise(model, tokens, GPTQ(recipe), progress=False, true_sequential=mode)
+        weights[mode] = {n: linear_weight(m).clone() for n, m in compressed_linears(model).items()}
+    for name in weights[False]:
+        same = torch.equal(weights[False][name], weights[True][name])
+        first = name.startswith("model.layers.0.self_attn.") and name.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj")
+        assert same == first, name

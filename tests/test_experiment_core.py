@@ -154,6 +154,11 @@ def test_spec_parser_labels_validates_and_equals_the_api_recipe():
     protected = parse_variant({"method": "rtn", "bits": 3, "group_size": 32, "protect_fraction": 0.02})
     assert protected.label == "RTN 3-bit g32 + 2.0% magnitude@8" and protected.settings["protect_rule"] == "magnitude"
     assert parse_variant({"method": "rtn", "bits": 3, "group_size": 32}).settings["protect_rule"] == "none"
+    sequential = parse_variant({"method": "gptq", "bits": 4, "group_size": 128, "act_order": True,
+                                "true_sequential": True, "group_fit": "updated"})
+    assert sequential.recipe == Recipe(method="gptq", true_sequential=True, quant=QuantSettings(
+        bits=4, group_size=128, act_order=True, group_fit="updated"))
+    assert sequential.label == "GPTQ 4-bit g128 act-order fit=updated true-sequential"
     w4a8 = parse_variant({"method": "rtn", "bits": 4, "activation_bits": 8})
     assert w4a8.label == "W4A8" and w4a8.recipe.quant.bits == 4 and w4a8.settings["activations"]["bits"] == 8
     kv = parse_variant({"kv_bits": 3, "kv_granularity": "per_channel"})

@@ -40,6 +40,7 @@ class Recipe:
     block_size: int = 128
     seed: int = 0
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    true_sequential: bool = False  # compress each block's sub-groups in turn ([q, k, v] -> [o] -> [gate, up] -> [down])
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -293,7 +294,7 @@ def compress_model(model: nn.Module, recipe: Recipe, *, tokenizer=None, calibrat
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             engine = run_layerwise(model, calibration_ids, method, device=device, batch_size=batch_size,
-                                   progress=progress)
+                                   progress=progress, true_sequential=recipe.true_sequential)
         layers = engine.layers
         messages = [str(w.message) for w in caught]
     else:

@@ -123,6 +123,34 @@ def _run_block(block: nn.Module, hidden: list[torch.Tensor], arguments: list[tup
     return outputs
 
 
+@torch.no_grad()
+def sequential_groups(block: nn.Module, hidden: list[torch.Tensor], arguments: list[tuple[tuple, dict]],
+                      linears: dict[str, nn.Module]) -> list[list[str]]:
+    """The block's linears in the order they run, consecutive ones that read the same input tensor
+    grouped: [q, k, v] -> [o] -> [gate, up] -> [down] for Llama and Gemma-3, [q, k, v] -> [out] -> [fc1]
+    -> [fc2] for OPT (found by running one sample, not by names). Linears the forward never calls
+    form a last group."""
+    order, inputs = [], []
+
+    def record(name, x):
+        if name not in order:
+            order.append(name)
+            inputs.append(x)  # kept alive, so no later tensor can reuse its memory during this pass
+
+    with input_hooks(linears, record):
+        _run_block(block, hidden[:1], arguments[:1])
+    groups, previous = [], None
+    for name, x in zip(order, inputs):
+        key = (x.data_ptr(), tuple(x.shape))
+        if groups and key == previous:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+        previous = key
+    missing = [n for n in linears if n not in order]
+    return groups + ([missing] if missing else [])
+
+
 @dataclass
 class EngineReport:
     """What the engine did: one entry per compressed linear, plus timings."""
@@ -137,13 +165,19 @@ class EngineReport:
 def run_layerwise(model: nn.Module, input_ids: torch.Tensor, method: LayerMethod, *,
                   device: torch.device | str | None = None, batch_size: int = 8,
                   propagate_compressed: bool = True, progress: bool = True,
-                  layer_filter: Callable[[str], bool] | None = None) -> EngineReport:
+                  layer_filter: Callable[[str], bool] | None = None, true_sequential: bool = False) -> EngineReport:
     """Compress every decoder-block linear of `model` in place, block by block.
 
     input_ids: calibration tokens [samples, tokens]. device: where each block is processed (the
     rest of the model may live elsewhere, e.g. on the CPU). propagate_compressed: feed the next
     block the outputs of the compressed block (the reference recipe) rather than the dense ones.
+    true_sequential: within a block, compress the sub-groups of `sequential_groups` in turn, each
+    one's statistics gathered after the earlier ones are compressed (the reference LLaMA drivers'
+    --true-sequential: one block forward per sub-group instead of one per block).
     """
+    if true_sequential and hasattr(method, "transform_block"):
+        raise ValueError("true_sequential compresses a block's sub-groups one after another, but this method "
+                         "transforms whole blocks (transform_block); use one or the other.")
     start = time.perf_counter()
     report = EngineReport()
     layers = decoder_layers(model)
@@ -161,27 +195,30 @@ def run_layerwise(model: nn.Module, input_ids: torch.Tensor, method: LayerMethod
         linears = linear_layers(block, prefix=f"{prefix}.{index}.")
         if layer_filter is not None:
             linears = {n: m for n, m in linears.items() if layer_filter(n)}
-        collectors = {n: method.collector(n, m) for n, m in linears.items()}
-        collectors = {n: c for n, c in collectors.items() if c is not None}
-        t0 = time.perf_counter()
+        groups = sequential_groups(block, hidden, arguments, linears) if true_sequential else [list(linears)]
         dense_out = None
-        if collectors:
-            with input_hooks({n: linears[n] for n in collectors}, lambda n, x: collectors[n].add_batch(x)):
-                dense_out = _run_block(block, hidden, arguments)
-        t1 = time.perf_counter()
-        if hasattr(method, "transform_block"):  # e.g. AWQ-style scaling, from this block's statistics
-            method.transform_block(block, linears, collectors)
-        for name, linear in linears.items():
-            report.layers[name] = method.compress(name, linear, collectors.get(name))
-        del collectors
+        for group in groups:
+            t0 = time.perf_counter()
+            collectors = {n: method.collector(n, linears[n]) for n in group}
+            collectors = {n: c for n, c in collectors.items() if c is not None}
+            if collectors:
+                with input_hooks({n: linears[n] for n in collectors}, lambda n, x: collectors[n].add_batch(x)):
+                    out = _run_block(block, hidden, arguments)
+                dense_out = out if dense_out is None and group is groups[0] else dense_out
+            t1 = time.perf_counter()
+            if hasattr(method, "transform_block"):  # e.g. AWQ-style scaling, from this block's statistics
+                method.transform_block(block, linears, collectors)
+            for name in group:
+                report.layers[name] = method.compress(name, linears[name], collectors.get(name))
+            del collectors
+            report.seconds_statistics += t1 - t0
+            report.seconds_compression += time.perf_counter() - t1
         t2 = time.perf_counter()
         if dense_out is None or (modifies and propagate_compressed):
             hidden = _run_block(block, hidden, arguments)
         else:
             hidden = dense_out
         t3 = time.perf_counter()
-        report.seconds_statistics += t1 - t0
-        report.seconds_compression += t2 - t1
         report.seconds_propagation += t3 - t2
         block.to(home)
     report.seconds_total = time.perf_counter() - start

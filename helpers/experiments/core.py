@@ -94,10 +94,10 @@ class Variant:
         return out
 
 
-QUANT_KEYS = {"bits", "group_size", "symmetric", "act_order", "static_groups", "mse", "protect_fraction",
-              "protect_rule", "protect_bits", "protect_group_size"}
+QUANT_KEYS = {"bits", "group_size", "symmetric", "act_order", "static_groups", "mse", "group_fit",
+              "protect_fraction", "protect_rule", "protect_bits", "protect_group_size"}
 PRUNE_KEYS = {"sparsity", "pattern"}
-RECIPE_KEYS = {"damping", "block_size", "seed"}
+RECIPE_KEYS = {"damping", "block_size", "seed", "true_sequential"}
 EVALUATION_KEYS = {"activation_bits", "activation_granularity", "activation_symmetric", "kv_bits",
                    "kv_granularity", "kv_token_group_size", "kv_symmetric"}
 SPEC_KEYS = {"method", "label", "family"} | QUANT_KEYS | PRUNE_KEYS | RECIPE_KEYS | EVALUATION_KEYS
@@ -111,6 +111,8 @@ def _grid_label(quant: QuantSettings) -> str:
         label += " act-order" + (" static" if quant.static_groups else "")
     if quant.mse:
         label += " mse"
+    if quant.group_fit != "block_start":
+        label += f" fit={quant.group_fit}"
     if quant.protects:
         label += f" + {quant.protect_fraction:.1%} {quant.protect_rule}@{quant.protect_bits}"
     return label
@@ -121,8 +123,9 @@ def parse_variant(spec: Mapping[str, Any], calibration: CalibrationSettings | No
 
     Weights (helpers.compression.compress): `method` (one of METHODS); pruning `sparsity`, `pattern`
     ('unstructured' or N:M); quantization `bits`, `group_size` (None: per output channel),
-    `symmetric`, `act_order`, `static_groups`, `mse`, protected groups `protect_fraction`,
-    `protect_rule`, `protect_bits`, `protect_group_size`; `damping`, `block_size`, `seed`.
+    `symmetric`, `act_order`, `static_groups`, `mse`, `group_fit`, protected groups `protect_fraction`,
+    `protect_rule`, `protect_bits`, `protect_group_size`; `damping`, `block_size`, `seed`,
+    `true_sequential`.
     While evaluated (helpers.compression.activations): `activation_bits` (+ `activation_granularity`,
     `activation_symmetric`), `kv_bits` (+ `kv_granularity`, `kv_token_group_size`, `kv_symmetric`).
     `label` and `family` override the generated ones. Examples:
@@ -169,7 +172,7 @@ def parse_variant(spec: Mapping[str, Any], calibration: CalibrationSettings | No
             settings.update(bits=quant.bits, group_size=quant.group_size, protect_fraction=quant.protect_fraction,
                             protect_rule=quant.protect_rule if quant.protects else "none",
                             protect_bits=quant.protect_bits, protection_group_size=quant.protection_group_size)
-        label = " ".join(parts)
+        label = " ".join(parts) + (" true-sequential" if recipe.true_sequential else "")
     activation = kv = None
     if evaluation.get("activation_bits"):
         options = {name: evaluation[f"activation_{name}"] for name in ("granularity", "symmetric")

@@ -79,6 +79,9 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--group-size", type=int, default=None, help="quantization group size (default: per channel)")
     group.add_argument("--symmetric", action="store_true", help="symmetric quantization grid")
     group.add_argument("--act-order", action="store_true", help="GPTQ: columns by descending Hessian diagonal")
+    group.add_argument("--true-sequential", action="store_true",
+                       help="compress each block's sub-groups in turn ([q,k,v] -> [o] -> [gate,up] -> [down]), "
+                            "statistics re-gathered after each (the reference LLaMA drivers' option)")
     group.add_argument("--damping", type=float, default=0.01, help="OBS damping, a fraction of mean(diag H)")
     group.add_argument("--block-size", type=int, default=128, help="OBS block of columns (mask and lazy updates)")
     group.add_argument("--seed", type=int, default=0, help="seed of the calibration sample and random pruning")
@@ -94,7 +97,7 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
 def compress_spec(args) -> dict:
     """The variant spec of the command-line settings (the same spec a notebook writes)."""
     spec = {"method": args.method, "sparsity": args.sparsity, "pattern": args.pattern, "damping": args.damping,
-            "block_size": args.block_size, "seed": args.seed}
+            "block_size": args.block_size, "seed": args.seed, "true_sequential": args.true_sequential}
     if args.bits is not None:
         spec.update(bits=args.bits, group_size=args.group_size, symmetric=args.symmetric, act_order=args.act_order)
     elif args.group_size is not None or args.symmetric or args.act_order:
