@@ -231,8 +231,8 @@ class CompressionReport:
     layers: dict[str, dict]
     achieved_sparsity: float
     seconds: float
-    seconds_calibration_forward: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # the engine's split: capture, statistics, solve, propagation
 
     @property
     def bits_per_weight(self) -> float:
@@ -297,10 +297,14 @@ def compress_model(model: nn.Module, recipe: Recipe, *, tokenizer=None, calibrat
                                    progress=progress, true_sequential=recipe.true_sequential)
         layers = engine.layers
         messages = [str(w.message) for w in caught]
+        inner = engine.seconds_statistics + engine.seconds_compression + engine.seconds_propagation
+        timings = {"seconds_capture": engine.seconds_total - inner, "seconds_statistics": engine.seconds_statistics,
+                   "seconds_solve": engine.seconds_compression, "seconds_propagation": engine.seconds_propagation}
     else:
         layers = {}
         for name, linear in linears.items():
             layers[name] = method.compress(name, linear, None)
         messages = []
+        timings = {"seconds_solve": time.perf_counter() - start}
     return CompressionReport(recipe=recipe.as_dict(), layers=layers, achieved_sparsity=sparsity_report(model)["total"],
-                             seconds=time.perf_counter() - start, warnings=messages)
+                             seconds=time.perf_counter() - start, warnings=messages, timings=timings)
