@@ -95,3 +95,16 @@ def test_simulation_softmax_averages_token_noise_away():
     assert (simulate_attention_noise(16, noise_std=0.0) == 0).all()
     with pytest.raises(ValueError, match="normalization"):
         simulate_attention_noise(4, normalization="mean")
+
+
+def test_t_interval_matches_the_textbook_formula_and_covers_the_mean():
+    from helpers.experiments.longcontext import t_interval
+
+    values = [1.0, 2.0, 4.0, 3.0]
+    low, high = t_interval(values)
+    mean, se = 2.5, standard_error(values)
+    assert math.isclose(high - mean, 3.182446305284263 * se, rel_tol=1e-9)  # t(0.975, 3)
+    assert math.isclose(mean - low, high - mean, rel_tol=1e-12)
+    assert all(math.isnan(v) for v in t_interval([1.0]))
+    wider = t_interval(values, confidence=0.99)
+    assert wider[0] < low and wider[1] > high

@@ -34,13 +34,13 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
-from .compress import METHODS, CompressionReport, OBSMethod, Recipe
+from .compress import METHODS, CompressionReport, OBSMethod, Recipe, compress_model
 from .engine import run_layerwise
 from ..models import compressed_linears, linear_weight
 from .obs import inverse_cholesky, prepare_hessian
@@ -401,3 +401,40 @@ def compress_with_hessians(model: nn.Module, recipe: Recipe, hessians: Mapping[s
             layers[name] = method.compress(name, linear, _StoredHessian(hessians[name].to(linear.weight.device)))
     return CompressionReport(recipe=recipe.as_dict(), layers=layers, achieved_sparsity=sparsity_report(model)["total"],
                              seconds=time.perf_counter() - start, warnings=[str(w.message) for w in caught])
+
+
+# --------------------------------------------------------------------------- schedule, then compress
+SCHEDULES = ("uniform", "owl", "hessian")
+
+
+@torch.no_grad()
+def scheduled_compress(model: nn.Module, recipe: Recipe, schedule: str, calibration_ids: torch.Tensor, *,
+                       owl: OWLSettings = OWLSettings(), hessian: HessianSchedulerSettings = HessianSchedulerSettings(),
+                       device=None, batch_size: int = 8) -> tuple[CompressionReport, Schedule]:
+    """Per-layer sparsities from one observe-only pass over the (dense) model, then the standard
+    sequential compression with them (inputs propagate through compressed blocks, as SparseGPT and
+    OWL do). recipe.sparsity is the target mean; the report's timings gain the scheduling seconds."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r}; expected one of {SCHEDULES}.")
+    if isinstance(recipe.sparsity, Mapping) or recipe.parsed_pattern.structured or not METHODS[recipe.method].prunes:
+        raise ValueError(f"a {schedule} schedule spreads one unstructured target sparsity over the layers; "
+                         f"got method={recipe.method!r}, sparsity={recipe.sparsity!r}, pattern={recipe.pattern!r}.")
+    sizes = layer_sizes(model)
+    target = float(recipe.sparsity)
+    start = time.perf_counter()
+    if schedule == "uniform":
+        plan = uniform_schedule(sizes, target)
+    else:
+        stats = collect_dense_hessians(model, calibration_ids, device=device, batch_size=batch_size)
+        if schedule == "owl":
+            plan = owl_schedule(block_outlier_ratios(model, stats.hessians, owl.outlier_multiplier), sizes, target, owl)
+        else:
+            errors = layer_errors(model, stats.hessians, hessian.probe_sparsity or target, damping=hessian.damping,
+                                  block_size=hessian.block_size)
+            plan = hessian_schedule(errors, sizes, target, hessian)
+        del stats
+    seconds = time.perf_counter() - start
+    report = compress_model(model, replace(recipe, sparsity=dict(plan.sparsity)), calibration_ids=calibration_ids,
+                            device=device, batch_size=batch_size, progress=False)
+    report.timings["seconds_schedule"] = seconds
+    return report, plan

@@ -49,7 +49,8 @@ class Variant:
     """One point to compare with the dense model.
 
     recipe: compresses the weights (helpers.compression.compress); compress: how to apply it when not
-    by the standard sequential pass (e.g. from stored dense Hessians), model -> CompressionReport;
+    by the standard sequential pass (a layer-wise schedule, stored dense Hessians), (model, runner) ->
+    CompressionReport, the runner giving calibration ids, device and batch size;
     during_evaluation(model): a context manager held while the variant is measured (activation or
     KV-cache quantization); settings: recorded beside the results (what the label alone does not say);
     family: groups variants in figures ("pruning", "quantization", "activations", ...).
@@ -59,7 +60,7 @@ class Variant:
     during_evaluation: Callable[[nn.Module], ContextManager] | None = None
     settings: dict = field(default_factory=dict)
     family: str = ""
-    compress: Callable[[nn.Module], CompressionReport] | None = None
+    compress: Callable[[nn.Module, "Runner"], CompressionReport] | None = None
 
     def __post_init__(self):
         if self.label == DENSE_LABEL:
@@ -100,7 +101,9 @@ PRUNE_KEYS = {"sparsity", "pattern"}
 RECIPE_KEYS = {"damping", "block_size", "seed", "true_sequential"}
 EVALUATION_KEYS = {"activation_bits", "activation_granularity", "activation_symmetric", "kv_bits",
                    "kv_granularity", "kv_token_group_size", "kv_symmetric"}
-SPEC_KEYS = {"method", "label", "family"} | QUANT_KEYS | PRUNE_KEYS | RECIPE_KEYS | EVALUATION_KEYS
+SCHEDULE_KEYS = {"schedule", "owl_multiplier", "owl_spread", "schedule_levels", "schedule_clustering",
+                 "schedule_spread", "schedule_probe_sparsity", "schedule_normalize_by_size"}
+SPEC_KEYS = {"method", "label", "family"} | QUANT_KEYS | PRUNE_KEYS | RECIPE_KEYS | EVALUATION_KEYS | SCHEDULE_KEYS
 
 
 def _grid_label(quant: QuantSettings) -> str:
@@ -128,12 +131,17 @@ def parse_variant(spec: Mapping[str, Any], calibration: CalibrationSettings | No
     `true_sequential`.
     While evaluated (helpers.compression.activations): `activation_bits` (+ `activation_granularity`,
     `activation_symmetric`), `kv_bits` (+ `kv_granularity`, `kv_token_group_size`, `kv_symmetric`).
+    Per-layer sparsity (helpers.compression.schedules): `schedule` ('uniform', 'owl', 'hessian') spreads
+    `sparsity` over the layers from one observe-only pass, then compresses sequentially; OWL's
+    `owl_multiplier` (M) and `owl_spread` (lambda); the Hessian scheduler's `schedule_levels`,
+    `schedule_clustering`, `schedule_spread`, `schedule_probe_sparsity`, `schedule_normalize_by_size`.
     `label` and `family` override the generated ones. Examples:
         {"method": "sparsegpt", "sparsity": 0.5, "pattern": "2:4"}
         {"method": "gptq", "bits": 3, "group_size": 128, "act_order": True}
         {"method": "rtn", "bits": 3, "group_size": 64, "protect_fraction": 0.02, "protect_rule": "hessian"}
         {"method": "rtn", "bits": 4, "activation_bits": 8}                      # W4A8
         {"kv_bits": 4}                                                          # KV4, weights dense
+        {"method": "sparsegpt", "sparsity": 0.7, "schedule": "owl", "owl_spread": 0.08}
     """
     spec = {k: v for k, v in dict(spec).items()}
     unknown = set(spec) - SPEC_KEYS
@@ -173,6 +181,14 @@ def parse_variant(spec: Mapping[str, Any], calibration: CalibrationSettings | No
                             protect_rule=quant.protect_rule if quant.protects else "none",
                             protect_bits=quant.protect_bits, protection_group_size=quant.protection_group_size)
         label = " ".join(parts) + (" true-sequential" if recipe.true_sequential else "")
+    compress = None
+    if spec.get("schedule") is not None:
+        recipe, compress, schedule_settings = _schedule(spec, recipe)
+        settings["schedule"] = schedule_settings
+        label += f" {spec['schedule']}" if spec["schedule"] != "uniform" else ""
+    elif set(spec) & (SCHEDULE_KEYS - {"schedule"}):
+        raise ValueError(f"variant spec {spec!r} sets schedule parameters without 'schedule'; add e.g. "
+                         "'schedule': 'owl' or drop them.")
     activation = kv = None
     if evaluation.get("activation_bits"):
         options = {name: evaluation[f"activation_{name}"] for name in ("granularity", "symmetric")
@@ -206,7 +222,39 @@ def parse_variant(spec: Mapping[str, Any], calibration: CalibrationSettings | No
                 stack.enter_context(quantize_kv_cache(model, kv))
             return stack
 
-    return Variant(spec.get("label") or label, recipe, during, settings, family=spec.get("family") or family)
+    return Variant(spec.get("label") or label, recipe, during, settings, family=spec.get("family") or family,
+                   compress=compress)
+
+
+def _schedule(spec: Mapping[str, Any], recipe: Recipe | None):
+    """The schedule part of a spec: (recipe, compress(model, runner), recorded settings)."""
+    from ..compression.schedules import (SCHEDULES, HessianSchedulerSettings, OWLSettings, scheduled_compress)
+
+    name = spec["schedule"]
+    if name not in SCHEDULES:
+        raise ValueError(f"schedule={name!r}; expected one of {SCHEDULES}.")
+    if recipe is None or not METHODS[recipe.method].prunes or recipe.parsed_pattern.structured or not recipe.sparsity:
+        raise ValueError(f"variant spec {dict(spec)!r}: a schedule needs a pruning method with an unstructured target "
+                         "sparsity, e.g. {'method': 'sparsegpt', 'sparsity': 0.7, 'schedule': 'owl'}.")
+    owl = OWLSettings(**{field: spec[key] for key, field in (("owl_multiplier", "outlier_multiplier"),
+                                                             ("owl_spread", "spread")) if key in spec})
+    hessian = HessianSchedulerSettings(**{key.removeprefix("schedule_"): spec[key] for key in
+                                          ("schedule_levels", "schedule_clustering", "schedule_spread",
+                                           "schedule_probe_sparsity", "schedule_normalize_by_size") if key in spec})
+    if name != "owl" and {"owl_multiplier", "owl_spread"} & set(spec):
+        raise ValueError(f"owl_multiplier / owl_spread set but schedule={name!r}; they belong to 'owl'.")
+    if name != "hessian" and {k for k in spec if k.startswith("schedule_")}:
+        raise ValueError(f"schedule_* parameters set but schedule={name!r}; they belong to 'hessian'.")
+    recorded = {"name": name, **({"owl": owl} if name == "owl" else {}),
+                **({"hessian": hessian} if name == "hessian" else {})}
+
+    def compress(model, runner):
+        calibration = runner.calibration(recipe.calibration)
+        report, _ = scheduled_compress(model, recipe, name, calibration, owl=owl, hessian=hessian,
+                                       device=runner.device, batch_size=runner.batch_size)
+        return report
+
+    return recipe, compress, recorded
 
 
 # --------------------------------------------------------------------------- the dense snapshot
@@ -298,7 +346,7 @@ class Runner:
 
     def compress(self, variant: Variant) -> CompressionReport | None:
         if variant.compress is not None:
-            return variant.compress(self.model)
+            return variant.compress(self.model, self)
         if variant.recipe is None:
             return None
         ids = self.calibration(variant.recipe.calibration) if variant.recipe.needs_calibration else None

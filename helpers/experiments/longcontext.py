@@ -115,6 +115,20 @@ def bootstrap_interval(values: Sequence[float], *, confidence: float = 0.95, res
     return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
+def t_interval(values: Sequence[float], *, confidence: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of `values` (the windows are the independent unit); (nan, nan)
+    for fewer than two values."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=float)
+    if values.size < 2:
+        return float("nan"), float("nan")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence={confidence}; expected a fraction such as 0.95.")
+    half = stats.t.ppf((1 + confidence) / 2, values.size - 1) * standard_error(values)
+    return float(values.mean() - half), float(values.mean() + half)
+
+
 def summarize_windows(frame, by: Sequence[str], value: str = "value", *, confidence: float = 0.95,
                       seed: int = 0):
     """Per group: mean over windows, standard error, bootstrap interval and number of windows."""

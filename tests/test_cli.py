@@ -1,0 +1,125 @@
+"""The command line reaches what the notebooks do: every flag maps to the spec field it names (the parsed
+recipe equals the one the API builds), and a tiny-model run of each subcommand records its results."""
+import json
+
+import pytest
+import torch
+
+from helpers.compression.compress import Recipe
+from helpers.compression.quantizer import QuantSettings
+from helpers.data import CalibrationSettings
+from helpers.running.cli import build_parser, compress_variant, main
+
+
+def parsed(*flags):
+    return compress_variant(build_parser().parse_args(["compress", *flags]))
+
+
+CALIBRATION = CalibrationSettings()  # the CLI's defaults: c4 128 x 2048, seed 0
+
+
+@pytest.mark.parametrize("flags, recipe", [
+    (["--method", "sparsegpt", "--sparsity", "0.5", "--pattern", "2:4"],
+     Recipe(method="sparsegpt", sparsity=0.5, pattern="2:4", calibration=CALIBRATION)),
+    (["--method", "gptq", "--bits", "4", "--group-size", "128", "--act-order", "--static-groups", "--true-sequential"],
+     Recipe(method="gptq", quant=QuantSettings(bits=4, group_size=128, act_order=True, static_groups=True),
+            true_sequential=True, calibration=CALIBRATION)),
+    (["--method", "gptq", "--bits", "3", "--group-size", "64", "--group-fit", "updated", "--mse", "--symmetric"],
+     Recipe(method="gptq", quant=QuantSettings(bits=3, group_size=64, group_fit="updated", mse=True, symmetric=True),
+            calibration=CALIBRATION)),
+    (["--method", "rtn", "--bits", "3", "--group-size", "64", "--protect-fraction", "0.02", "--protect-rule",
+      "hessian", "--protect-bits", "16", "--protect-group-size", "32"],
+     Recipe(method="rtn", quant=QuantSettings(bits=3, group_size=64, protect_fraction=0.02, protect_rule="hessian",
+                                              protect_bits=16, protect_group_size=32), calibration=CALIBRATION)),
+    (["--method", "sparsegpt", "--sparsity", "0.6", "--damping", "0.1", "--block-size", "64", "--seed", "3",
+      "--calibration-samples", "16", "--calibration-seq-len", "256"],
+     Recipe(method="sparsegpt", sparsity=0.6, damping=0.1, block_size=64, seed=3,
+            calibration=CalibrationSettings(n_samples=16, seq_len=256, seed=3))),
+])
+def test_each_flag_maps_to_the_recipe_field_it_names(flags, recipe):
+    assert parsed(*flags).recipe == recipe
+
+
+def test_evaluation_and_schedule_flags_map_to_their_settings():
+    w4a8 = parsed("--method", "rtn", "--bits", "4", "--activation-bits", "8", "--activation-granularity", "per_tensor")
+    assert w4a8.label == "W4A8" and w4a8.settings["activations"] == {"bits": 8, "symmetric": False,
+                                                                     "granularity": "per_tensor"}
+    kv = parsed("--kv-bits", "3", "--kv-granularity", "per_channel", "--kv-token-group-size", "64")
+    assert kv.recipe is None and kv.settings["kv_cache"]["token_group_size"] == 64
+    owl = parsed("--method", "wanda", "--sparsity", "0.7", "--schedule", "owl", "--owl-multiplier", "7",
+                 "--owl-spread", "0.1")
+    assert owl.settings["schedule"]["owl"].outlier_multiplier == 7 and owl.settings["schedule"]["owl"].spread == 0.1
+    assert owl.compress is not None and owl.label == "wanda 70% owl"
+    hessian = parsed("--method", "sparsegpt", "--sparsity", "0.7", "--schedule", "hessian", "--schedule-levels", "3",
+                     "--schedule-clustering", "binning", "--schedule-spread", "0.05", "--schedule-probe-sparsity",
+                     "0.5", "--schedule-normalize-by-size")
+    chosen = hessian.settings["schedule"]["hessian"]
+    assert (chosen.levels, chosen.clustering, chosen.spread, chosen.probe_sparsity, chosen.normalize_by_size) == \
+        (3, "binning", 0.05, 0.5, True)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--method", "gptq"], "needs quant"),
+    (["--method", "rtn", "--group-size", "64"], "without bits"),
+    (["--method", "rtn", "--bits", "4", "--schedule", "owl"], "needs a pruning method"),
+    (["--method", "sparsegpt", "--sparsity", "0.5", "--owl-spread", "0.1"], "without 'schedule'"),
+    (["--method", "sparsegpt", "--sparsity", "0.5", "--schedule", "hessian", "--owl-spread", "0.1"], "belong to 'owl'"),
+    (["--kv-bits", "9"], "bits=9"),
+    (["--method", "rtn", "--bits", "4", "--group-fit", "late"], "group_fit='late'"),
+])
+def test_bad_combinations_are_refused_before_any_model_is_loaded(flags, message, capsys):
+    assert main(["compress", "--model", "no-such-model", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture()
+def tokens(tmp_path):
+    torch.save(torch.randint(0, 256, (6, 64), generator=torch.Generator().manual_seed(7)), tmp_path / "calibration.pt")
+    torch.save(torch.randint(0, 256, (4 * 64,), generator=torch.Generator().manual_seed(8)), tmp_path / "eval.pt")
+    return ["--token-file", str(tmp_path / "eval.pt"), "--seq-len", "64", "--calibration-token-file",
+            str(tmp_path / "calibration.pt"), "--calibration-samples", "6", "--calibration-seq-len", "64",
+            "--no-progress"]
+
+
+def test_eval_records_perplexity(tmp_path, tokens, capsys):
+    results = tmp_path / "r.jsonl"
+    assert main(["eval", "--model", "tiny-llama", "--token-file", tokens[1], "--seq-len", "64",
+                 "--results", str(results), "--no-progress"]) == 0
+    assert records(results)[0]["metric"] == "perplexity" and "perplexity=" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags", [
+    ["--method", "sparsegpt", "--sparsity", "0.6", "--schedule", "owl"],
+    ["--method", "sparsegpt", "--sparsity", "0.6", "--schedule", "hessian", "--schedule-levels", "2"],
+    ["--kv-bits", "3"],
+    ["--method", "gptq", "--bits", "4", "--group-size", "48", "--true-sequential"],
+])
+def test_compress_runs_every_kind_of_variant_on_tiny_llama(tmp_path, tokens, flags, capsys):
+    results = tmp_path / "r.jsonl"
+    assert main(["compress", "--model", "tiny-llama", *tokens, "--results", str(results), *flags]) == 0
+    rows = records(results)
+    labels = {r["label"] for r in rows}
+    assert len(labels) == 2 and "dense" in labels
+    kl = [r["value"] for r in rows if r["metric"] == "mean_kl" and r["label"] != "dense"]
+    assert kl and kl[0] > 0
+    if "--schedule" in flags:
+        sparsity = [r for r in rows if r["label"] != "dense"][0]["achieved_sparsity"]
+        assert abs(sparsity - 0.6) < 0.01  # the schedule keeps the target mean
+    assert "recorded in" in capsys.readouterr().out
+
+
+def test_context_kl_prints_intervals_over_windows_and_records_every_context(tmp_path, tokens, capsys):
+    results = tmp_path / "r.jsonl"
+    argv = ["context-kl", "--model", "tiny-llama", *tokens, "--results", str(results), "--method", "rtn", "--bits",
+            "3", "--smallest-context", "8"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "95% t-interval over the 4 windows" in printed and "growth KL@64 / KL@8" in printed
+    rows = [r for r in records(results) if r["metric"] == "kl_context"]
+    assert sorted({r["context"] for r in rows}) == [8, 16, 32, 64] and len(rows) == 4 * 4
+    assert main(argv) == 0 and "already" not in capsys.readouterr().err  # a re-run reads the recorded rows
+    assert len([r for r in records(results) if r["metric"] == "kl_context"]) == 16
