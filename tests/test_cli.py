@@ -66,6 +66,7 @@ def test_evaluation_and_schedule_flags_map_to_their_settings():
     (["--method", "sparsegpt", "--sparsity", "0.5", "--schedule", "hessian", "--owl-spread", "0.1"], "belong to 'owl'"),
     (["--kv-bits", "9"], "bits=9"),
     (["--method", "rtn", "--bits", "4", "--group-fit", "late"], "group_fit='late'"),
+    (["--method", "wanda", "--sparsity", "0.5", "--schedule", "owl", "--schedule-inputs", "dense"], "sparsegpt only"),
 ])
 def test_bad_combinations_are_refused_before_any_model_is_loaded(flags, message, capsys):
     assert main(["compress", "--model", "no-such-model", *flags]) == 2
@@ -95,6 +96,7 @@ def test_eval_records_perplexity(tmp_path, tokens, capsys):
 @pytest.mark.parametrize("flags", [
     ["--method", "sparsegpt", "--sparsity", "0.6", "--schedule", "owl"],
     ["--method", "sparsegpt", "--sparsity", "0.6", "--schedule", "hessian", "--schedule-levels", "2"],
+    ["--method", "sparsegpt", "--sparsity", "0.6", "--bits", "4", "--schedule", "owl", "--schedule-inputs", "dense"],
     ["--kv-bits", "3"],
     ["--method", "gptq", "--bits", "4", "--group-size", "48", "--true-sequential"],
 ])

@@ -405,36 +405,46 @@ def compress_with_hessians(model: nn.Module, recipe: Recipe, hessians: Mapping[s
 
 # --------------------------------------------------------------------------- schedule, then compress
 SCHEDULES = ("uniform", "owl", "hessian")
+SCHEDULE_INPUTS = ("compressed", "dense")
 
 
 @torch.no_grad()
 def scheduled_compress(model: nn.Module, recipe: Recipe, schedule: str, calibration_ids: torch.Tensor, *,
                        owl: OWLSettings = OWLSettings(), hessian: HessianSchedulerSettings = HessianSchedulerSettings(),
-                       device=None, batch_size: int = 8) -> tuple[CompressionReport, Schedule]:
-    """Per-layer sparsities from one observe-only pass over the (dense) model, then the standard
-    sequential compression with them (inputs propagate through compressed blocks, as SparseGPT and
-    OWL do). recipe.sparsity is the target mean; the report's timings gain the scheduling seconds."""
+                       inputs: str = "compressed", device=None, batch_size: int = 8) -> tuple[CompressionReport, Schedule]:
+    """Per-layer sparsities from one observe-only pass over the (dense) model, then compression with them:
+    inputs="compressed", the standard sequential pass (inputs propagate through compressed blocks, as
+    SparseGPT and OWL do); inputs="dense", every layer pruned from the dense model's stored Hessians
+    (compress_with_hessians: the Hessian scheduler paper's assumption; SparseGPT / GPTQ only).
+    recipe.sparsity is the target mean; the report's timings gain the scheduling seconds."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule={schedule!r}; expected one of {SCHEDULES}.")
+    if inputs not in SCHEDULE_INPUTS:
+        raise ValueError(f"inputs={inputs!r}; expected one of {SCHEDULE_INPUTS}.")
     if isinstance(recipe.sparsity, Mapping) or recipe.parsed_pattern.structured or not METHODS[recipe.method].prunes:
         raise ValueError(f"a {schedule} schedule spreads one unstructured target sparsity over the layers; "
                          f"got method={recipe.method!r}, sparsity={recipe.sparsity!r}, pattern={recipe.pattern!r}.")
     sizes = layer_sizes(model)
     target = float(recipe.sparsity)
     start = time.perf_counter()
+    stats = None
     if schedule == "uniform":
         plan = uniform_schedule(sizes, target)
-    else:
+    if schedule != "uniform" or inputs == "dense":
         stats = collect_dense_hessians(model, calibration_ids, device=device, batch_size=batch_size)
         if schedule == "owl":
             plan = owl_schedule(block_outlier_ratios(model, stats.hessians, owl.outlier_multiplier), sizes, target, owl)
-        else:
+        elif schedule == "hessian":
             errors = layer_errors(model, stats.hessians, hessian.probe_sparsity or target, damping=hessian.damping,
                                   block_size=hessian.block_size)
             plan = hessian_schedule(errors, sizes, target, hessian)
-        del stats
     seconds = time.perf_counter() - start
-    report = compress_model(model, replace(recipe, sparsity=dict(plan.sparsity)), calibration_ids=calibration_ids,
-                            device=device, batch_size=batch_size, progress=False)
+    scheduled = replace(recipe, sparsity=dict(plan.sparsity))
+    if inputs == "dense":
+        report = compress_with_hessians(model, scheduled, stats.hessians)
+    else:
+        report = compress_model(model, scheduled, calibration_ids=calibration_ids, device=device,
+                                batch_size=batch_size, progress=False)
+    del stats
     report.timings["seconds_schedule"] = seconds
     return report, plan

@@ -101,8 +101,8 @@ PRUNE_KEYS = {"sparsity", "pattern"}
 RECIPE_KEYS = {"damping", "block_size", "seed", "true_sequential"}
 EVALUATION_KEYS = {"activation_bits", "activation_granularity", "activation_symmetric", "kv_bits",
                    "kv_granularity", "kv_token_group_size", "kv_symmetric"}
-SCHEDULE_KEYS = {"schedule", "owl_multiplier", "owl_spread", "schedule_levels", "schedule_clustering",
-                 "schedule_spread", "schedule_probe_sparsity", "schedule_normalize_by_size"}
+SCHEDULE_KEYS = {"schedule", "schedule_inputs", "owl_multiplier", "owl_spread", "schedule_levels",
+                 "schedule_clustering", "schedule_spread", "schedule_probe_sparsity", "schedule_normalize_by_size"}
 SPEC_KEYS = {"method", "label", "family"} | QUANT_KEYS | PRUNE_KEYS | RECIPE_KEYS | EVALUATION_KEYS | SCHEDULE_KEYS
 
 
@@ -134,7 +134,8 @@ def parse_variant(spec: Mapping[str, Any], calibration: CalibrationSettings | No
     Per-layer sparsity (helpers.compression.schedules): `schedule` ('uniform', 'owl', 'hessian') spreads
     `sparsity` over the layers from one observe-only pass, then compresses sequentially; OWL's
     `owl_multiplier` (M) and `owl_spread` (lambda); the Hessian scheduler's `schedule_levels`,
-    `schedule_clustering`, `schedule_spread`, `schedule_probe_sparsity`, `schedule_normalize_by_size`.
+    `schedule_clustering`, `schedule_spread`, `schedule_probe_sparsity`, `schedule_normalize_by_size`;
+    `schedule_inputs` 'compressed' (default: sequential) or 'dense' (every layer from the dense Hessians).
     `label` and `family` override the generated ones. Examples:
         {"method": "sparsegpt", "sparsity": 0.5, "pattern": "2:4"}
         {"method": "gptq", "bits": 3, "group_size": 128, "act_order": True}
@@ -186,6 +187,7 @@ def parse_variant(spec: Mapping[str, Any], calibration: CalibrationSettings | No
         recipe, compress, schedule_settings = _schedule(spec, recipe)
         settings["schedule"] = schedule_settings
         label += f" {spec['schedule']}" if spec["schedule"] != "uniform" else ""
+        label += " (dense Hessians)" if schedule_settings["inputs"] == "dense" else ""
     elif set(spec) & (SCHEDULE_KEYS - {"schedule"}):
         raise ValueError(f"variant spec {spec!r} sets schedule parameters without 'schedule'; add e.g. "
                          "'schedule': 'owl' or drop them.")
@@ -228,7 +230,8 @@ def parse_variant(spec: Mapping[str, Any], calibration: CalibrationSettings | No
 
 def _schedule(spec: Mapping[str, Any], recipe: Recipe | None):
     """The schedule part of a spec: (recipe, compress(model, runner), recorded settings)."""
-    from ..compression.schedules import (SCHEDULES, HessianSchedulerSettings, OWLSettings, scheduled_compress)
+    from ..compression.schedules import (SCHEDULE_INPUTS, SCHEDULES, HessianSchedulerSettings, OWLSettings,
+                                         scheduled_compress)
 
     name = spec["schedule"]
     if name not in SCHEDULES:
@@ -243,14 +246,18 @@ def _schedule(spec: Mapping[str, Any], recipe: Recipe | None):
                                            "schedule_probe_sparsity", "schedule_normalize_by_size") if key in spec})
     if name != "owl" and {"owl_multiplier", "owl_spread"} & set(spec):
         raise ValueError(f"owl_multiplier / owl_spread set but schedule={name!r}; they belong to 'owl'.")
-    if name != "hessian" and {k for k in spec if k.startswith("schedule_")}:
+    inputs = spec.get("schedule_inputs", "compressed")
+    if inputs not in SCHEDULE_INPUTS or (inputs == "dense" and recipe.method not in ("sparsegpt", "gptq")):
+        raise ValueError(f"schedule_inputs={inputs!r} with method {recipe.method!r}; expected one of {SCHEDULE_INPUTS} "
+                         "('dense' prunes from stored Hessians: sparsegpt only).")
+    if name != "hessian" and {k for k in spec if k.startswith("schedule_") and k != "schedule_inputs"}:
         raise ValueError(f"schedule_* parameters set but schedule={name!r}; they belong to 'hessian'.")
-    recorded = {"name": name, **({"owl": owl} if name == "owl" else {}),
+    recorded = {"name": name, "inputs": inputs, **({"owl": owl} if name == "owl" else {}),
                 **({"hessian": hessian} if name == "hessian" else {})}
 
     def compress(model, runner):
         calibration = runner.calibration(recipe.calibration)
-        report, _ = scheduled_compress(model, recipe, name, calibration, owl=owl, hessian=hessian,
+        report, _ = scheduled_compress(model, recipe, name, calibration, owl=owl, hessian=hessian, inputs=inputs,
                                        device=runner.device, batch_size=runner.batch_size)
         return report
 

@@ -117,6 +117,9 @@ SPEC_OPTIONS = {
     "layer-wise sparsity schedule (helpers.compression.schedules)": [
         ("--schedule", "schedule", str, "uniform | owl | hessian: spread --sparsity over the layers from one "
                                         "observe-only pass, then compress sequentially"),
+        ("--schedule-inputs", "schedule_inputs", str, "compressed (default: sequential pruning) | dense (every "
+                                                      "layer from the dense model's Hessians, the scheduler paper's "
+                                                      "assumption)"),
         ("--owl-multiplier", "owl_multiplier", float, "OWL's M: outlier if score > M x mean (default 5)"),
         ("--owl-spread", "owl_spread", float, "OWL's lambda (default 0.08)"),
         ("--schedule-levels", "schedule_levels", int, "Hessian scheduler: clusters of log10 error (default 4)"),
