@@ -20,11 +20,11 @@ from typing import Any
 from ..data import evaluation_windows
 from ..compression.storage import sparsity_report
 from ..evaluation.metrics import DenseReference, evaluate
+from ..experiments.core import DENSE_LABEL as DENSE
 from ..models import load_model
 from ..results import ResultsTable
 
 DEFAULT_RESULTS = Path("results") / "results.jsonl"
-DENSE = "dense"
 PROTOCOL = ("Default protocol: WikiText-2 test joined by blank lines, non-overlapping --seq-len windows (tail "
             "dropped), perplexity = exp(mean token NLL), KL against the same model uncompressed; calibration "
             "128 x 2048 C4 tokens drawn as SparseGPT's get_c4 (seed 0); float32 on the CPU. Every result is "
