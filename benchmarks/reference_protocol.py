@@ -98,7 +98,7 @@ def build_variants(args, calibration_ids: torch.Tensor, peaks: dict, seeds: dict
         parsed = parse_variant({**spec, "label": label}, calibration)
         recipe = parsed.recipe
 
-        def compress(model, recipe=recipe, label=label, seed=seed):
+        def compress(model, runner, recipe=recipe, label=label, seed=seed):
             ids = calibration_ids if seed == 0 else seeds[seed]
             with PeakRSS() as peak:
                 report = compress_model(model, recipe, calibration_ids=ids if recipe.needs_calibration else None,

@@ -196,3 +196,16 @@ def test_protected_variants_record_their_bits_and_maps(tiny, tmp_path):
     assert kl[kept.label] < kl[plain.label]      # and keeping the largest groups at 8 bits helps
     share = frame[frame.metric == "protected_column_share"].value
     assert len(share) == 14 and ((share > 0) & (share <= 1)).all()
+
+
+def test_latest_frame_drops_rows_of_a_label_recorded_under_an_older_key(tiny, tmp_path):
+    """A label whose settings changed (or whose recorded fields grew with the code) is read from its
+    newest key only: the stale rows of the old key do not mix into figures."""
+    model, _, _ = tiny
+    table = ResultsTable(tmp_path / "r.jsonl")
+    measurement = Measurement("count", lambda point: [{"metric": "x", "value": point.variant.recipe.sparsity}])
+    quiet_runner(model, table).run([Variant("pruned", Recipe(method="magnitude", sparsity=0.5))], [measurement])
+    quiet_runner(model, table).run([Variant("pruned", Recipe(method="magnitude", sparsity=0.3))], [measurement])
+    frame = latest_frame(table)
+    assert frame[frame.metric == "x"].value.tolist() == [0.3]
+    assert len({r["key"] for r in table.records()}) == 2  # both are kept in the file

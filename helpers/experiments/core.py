@@ -427,8 +427,10 @@ def _headline(rows: list[dict]) -> str:
 # --------------------------------------------------------------------------- the reader
 def latest_frame(table: ResultsTable, *, model: str | None = None, protocol: dict | None = None,
                  labels: Iterable[str] | None = None, tasks: Iterable[str] | None = None):
-    """The runner's rows (those with an attempt) for this model and protocol, the latest attempt of each
-    key only (file order is time order), as a DataFrame with settings/protocol flattened by dots."""
+    """The runner's rows (those with an attempt) for this model and protocol, as a DataFrame with
+    settings/protocol flattened by dots: the latest attempt of each key only (file order is time order),
+    and where one label's measurement was recorded under several keys (its settings were redefined, or
+    a code change added a recorded field) only the key recorded last, so stale rows never mix in."""
     import pandas as pd
 
     from ..results import plain
@@ -443,8 +445,11 @@ def latest_frame(table: ResultsTable, *, model: str | None = None, protocol: dic
     if tasks is not None:
         keep = set(tasks)
         records = [r for r in records if r.get("task") in keep]
-    latest = {}
+    latest, newest_key = {}, {}
     for record in records:
         latest[record["key"]] = record["attempt"]
-    records = [r for r in records if latest[r["key"]] == r["attempt"]]
+        point = (record.get("model"), record.get("label"), record.get("task"), run_key(protocol=record.get("protocol")))
+        newest_key[point] = record["key"]
+    keys = set(newest_key.values())
+    records = [r for r in records if r["key"] in keys and latest[r["key"]] == r["attempt"]]
     return pd.json_normalize(records) if records else pd.DataFrame()
