@@ -204,7 +204,8 @@ def run_layerwise(model: nn.Module, input_ids: torch.Tensor, method: LayerMethod
             if collectors:
                 with input_hooks({n: linears[n] for n in collectors}, lambda n, x: collectors[n].add_batch(x)):
                     out = _run_block(block, hidden, arguments)
-                dense_out = out if dense_out is None and group is groups[0] else dense_out
+                if group is groups[0]:  # nothing compressed yet: the dense block's outputs
+                    dense_out = out
             t1 = time.perf_counter()
             if hasattr(method, "transform_block"):  # e.g. AWQ-style scaling, from this block's statistics
                 method.transform_block(block, linears, collectors)

@@ -144,7 +144,7 @@ def parse_variant(spec: Mapping[str, Any], calibration: CalibrationSettings | No
         {"kv_bits": 4}                                                          # KV4, weights dense
         {"method": "sparsegpt", "sparsity": 0.7, "schedule": "owl", "owl_spread": 0.08}
     """
-    spec = {k: v for k, v in dict(spec).items()}
+    spec = dict(spec)
     unknown = set(spec) - SPEC_KEYS
     if unknown:
         raise ValueError(f"variant spec {spec!r} has unknown keys {sorted(unknown)}; expected some of "
@@ -343,7 +343,11 @@ class Runner:
                        protocol=self.protocol, task=measurement.name, measured=dict(measurement.describe))
 
     def calibration(self, settings: CalibrationSettings) -> torch.Tensor:
-        if self.calibration_ids is not None:
+        if self.calibration_ids is not None:  # the given ids must be what the variant records it used
+            if tuple(self.calibration_ids.shape) != (settings.n_samples, settings.seq_len):
+                raise ValueError(f"the Runner's calibration_ids have shape {tuple(self.calibration_ids.shape)} but a "
+                                 f"variant's recipe records {settings.n_samples} x {settings.seq_len} calibration "
+                                 "tokens; pass ids sampled with those settings, or the tokenizer instead.")
             return self.calibration_ids
         if settings not in self._calibration:
             if self.tokenizer is None:
