@@ -297,13 +297,49 @@ def set_linear_weight(layer: nn.Module, weight: torch.Tensor) -> None:
         target.copy_(weight.to(target.dtype))
 
 
-def compressed_linears(model: nn.Module) -> dict[str, nn.Module]:
-    """The decoder-block linears that compression touches (embeddings and lm_head excluded)."""
+BLOCK_SELECTIONS = ("all", "full_attention", "sliding_attention")
+
+
+def block_attention_types(model: nn.Module) -> list[str]:
+    """Each decoder block's attention: 'full_attention' or 'sliding_attention' (Gemma-3 reads the
+    config's `layer_types`: 3 of Gemma-3-270M's 18 blocks attend to the whole context, the rest to a
+    `sliding_window` of 512 tokens); models without `layer_types` are all 'full_attention'."""
+    count = len(decoder_layers(model))
+    types = getattr(getattr(model, "config", None), "layer_types", None)
+    if types is None:
+        return ["full_attention"] * count
+    if len(types) != count:
+        raise ValueError(f"config.layer_types has {len(types)} entries for {count} decoder blocks.")
+    return list(types)
+
+
+def selected_blocks(model: nn.Module, blocks: str | tuple[int, ...] | list[int] = "all") -> list[int]:
+    """Indices of the decoder blocks `blocks` names: 'all', an attention type of BLOCK_SELECTIONS
+    ('full_attention' / 'sliding_attention'), or explicit block indices."""
+    types = block_attention_types(model)
+    if isinstance(blocks, str):
+        if blocks not in BLOCK_SELECTIONS:
+            raise ValueError(f"blocks={blocks!r}; expected one of {BLOCK_SELECTIONS} or a list of block indices.")
+        chosen = list(range(len(types))) if blocks == "all" else [i for i, t in enumerate(types) if t == blocks]
+        if not chosen:
+            raise ValueError(f"blocks={blocks!r} selects no decoder block of {type(model).__name__}: its blocks are "
+                             f"{sorted(set(types))}.")
+        return chosen
+    chosen = sorted({int(i) for i in blocks})
+    bad = [i for i in chosen if not 0 <= i < len(types)]
+    if bad or not chosen:
+        raise ValueError(f"blocks={list(blocks)!r}: expected indices from 0 to {len(types) - 1} (at least one).")
+    return chosen
+
+
+def compressed_linears(model: nn.Module, blocks: str | tuple[int, ...] | list[int] = "all") -> dict[str, nn.Module]:
+    """The decoder-block linears that compression touches (embeddings and lm_head excluded), in the
+    blocks `blocks` selects (see `selected_blocks`)."""
     layers = decoder_layers(model)
     prefix = _module_path(model, layers)
     found = {}
-    for index, block in enumerate(layers):
-        found.update(linear_layers(block, prefix=f"{prefix}.{index}."))
+    for index in selected_blocks(model, blocks):
+        found.update(linear_layers(layers[index], prefix=f"{prefix}.{index}."))
     return found
 
 

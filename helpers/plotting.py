@@ -92,3 +92,29 @@ def save_figure(fig, name: str, output_dir: str | Path, table, *, finding: str |
             line += f" *Protocol:* {describe_protocol(protocol)}."
         (folder / f"{name}.md").write_text(line + "\n", encoding="utf-8")
     return png
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def series_styles(labels, *, families: dict | None = None) -> dict[str, dict]:
+    """One distinct look per series, for any number of series: {label: {color, marker, linestyle}}.
+
+    Colours come from the 20-colour `tab20` palette and markers from MARKERS, paired so that no two
+    labels share both (up to 20 x 12 series); with `families` ({label: family}) every family gets
+    its own line style, so a reader can tell e.g. pruning from quantization at a glance."""
+    import matplotlib as mpl
+
+    labels = list(dict.fromkeys(labels))
+    colors = [mpl.colors.to_hex(c) for c in mpl.colormaps["tab20"].colors]
+    colors = colors[0::2] + colors[1::2]  # the strong tones first, their light partners after
+    styles_by_family = {}
+    for family in dict.fromkeys((families or {}).get(label) for label in labels):
+        styles_by_family[family] = LINESTYLES[len(styles_by_family) % len(LINESTYLES)]
+    if len(labels) > len(colors) * len(MARKERS):
+        raise ValueError(f"{len(labels)} series is more than {len(colors) * len(MARKERS)} distinct styles; "
+                         "split the figure into panels.")
+    return {label: {"color": colors[i % len(colors)], "marker": MARKERS[(i + i // len(colors)) % len(MARKERS)],
+                    "linestyle": styles_by_family[(families or {}).get(label)]}
+            for i, label in enumerate(labels)}

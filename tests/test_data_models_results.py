@@ -122,3 +122,14 @@ def test_cli_eval_prints_perplexity_and_records(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "helpers", "eval", "--model", "tiny-llama", "--seq-len", "1"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "seq_len=1" in bad.stderr
+
+
+def test_series_styles_are_distinct_for_many_series():
+    from helpers.plotting import series_styles
+    labels = [f"variant {i}" for i in range(30)]
+    families = {label: ("pruning" if i % 2 else "quantization") for i, label in enumerate(labels)}
+    styles = series_styles(labels, families=families)
+    assert len({(s["color"], s["marker"]) for s in styles.values()}) == 30
+    assert len({s["color"] for s in list(styles.values())[:20]}) == 20  # 20 colours before any repeats
+    assert {styles[l]["linestyle"] for l in labels if families[l] == "pruning"} == {"--"}
+    assert styles["variant 0"]["linestyle"] == "-"

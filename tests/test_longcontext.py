@@ -7,7 +7,9 @@ import torch
 
 from helpers.experiments.longcontext import (binned_mean, bin_centers, bootstrap_interval, context_kl,
                                              context_lengths, growth_exponent, log_bin_edges,
-                                             simulate_attention_noise, standard_error, summarize_windows)
+                                             interval_summary, paired_differences, simulate_attention_noise,
+                                             standard_error, summarize_windows, t_interval, variant_records,
+                                             window_growth)
 
 
 @pytest.mark.parametrize("length,per_octave", [(1, 2), (7, 1), (128, 2), (1000, 3), (4096, 4)])
@@ -65,6 +67,63 @@ def test_summarize_windows_groups():
     summary = summarize_windows(frame, ["label", "context"]).set_index("label")
     assert summary.loc["a", "mean"] == 2 and summary.loc["b", "standard_error"] == 0
     assert summary.loc["a", "windows"] == 3
+    assert (summary.loc["a", "low"], summary.loc["a", "high"]) == pytest.approx(t_interval([1, 2, 3]))
+    assert summary.loc["a", "interval"] == "95% t-interval over 3 windows"
+    boot = summarize_windows(frame, ["label"], interval="bootstrap").set_index("label")
+    assert boot.loc["a", "interval"] == "95% percentile bootstrap over 3 windows"
+    with pytest.raises(ValueError, match="interval='minmax'"):
+        summarize_windows(frame, ["label"], interval="minmax")
+
+
+def synthetic_records(label, kl):
+    """The runner's rows for a [windows, positions] KL tensor, as a frame with a label."""
+    import pandas as pd
+    edges, contexts = log_bin_edges(kl.shape[1], 2), context_lengths(kl.shape[1], 4)
+    rows = variant_records(kl, torch.zeros_like(kl), edges=edges, contexts=contexts)
+    frame = pd.DataFrame(rows).assign(label=label)
+    return frame[frame.metric == "kl_context"], frame[frame.metric == "kl_bin"]
+
+
+def test_window_growth_recovers_linear_and_flat_errors():
+    import pandas as pd
+    t = torch.arange(1, 1025, dtype=torch.float64)
+    linear = torch.stack([0.01 * t * (1 + 0.1 * w) for w in range(4)])   # KL = c t: slope 1 in log-log
+    flat = torch.full((4, 1024), 0.3, dtype=torch.float64)
+    parts = [synthetic_records("linear", linear), synthetic_records("flat", flat)]
+    growth = window_growth(pd.concat([p[0] for p in parts]), pd.concat([p[1] for p in parts]))
+    assert len(growth) == 8
+    lin, fl = growth[growth.label == "linear"], growth[growth.label == "flat"]
+    assert np.allclose(lin.log_slope, 1.0, atol=0.02) and np.allclose(fl.log_slope, 0.0, atol=1e-9)
+    # KL = c t with c = 0.01 (1 + 0.1 w): slope per 1,000 tokens is 1000 c
+    assert np.allclose(lin.slope_per_1k, [10 * (1 + 0.1 * w) for w in range(4)], rtol=1e-6)
+    assert np.allclose(fl.slope_per_1k, 0.0, atol=1e-9) and np.allclose(fl.growth, 1.0)
+    # mean of c t over t < 1024 over the mean over t < 4: (1024 + 1) / (4 + 1)
+    assert np.allclose(lin.growth, 1025 / 5)
+
+
+def test_interval_summary_ratios_on_the_log_scale():
+    import pandas as pd
+    per_window = pd.DataFrame({"label": ["a"] * 4, "window": range(4), "growth": [1.0, 2.0, 4.0, 8.0],
+                               "log_slope": [0.1, 0.2, 0.3, 0.4]})
+    summary = interval_summary(per_window, ["growth", "log_slope"]).set_index("quantity")
+    assert summary.loc["growth", "estimate"] == pytest.approx(8 ** 0.5)  # geometric mean of 1, 2, 4, 8
+    low, high = t_interval(np.log([1.0, 2.0, 4.0, 8.0]))
+    assert (summary.loc["growth", "low"], summary.loc["growth", "high"]) == pytest.approx((np.exp(low), np.exp(high)))
+    assert summary.loc["log_slope", "estimate"] == pytest.approx(0.25)
+    assert summary.loc["growth", "interval"] == "geometric mean, 95% t-interval over 4 windows"
+
+
+def test_paired_differences_use_the_shared_windows():
+    import pandas as pd
+    per_window = pd.DataFrame({"label": ["a"] * 4 + ["b"] * 3, "window": [0, 1, 2, 3, 0, 1, 2],
+                               "growth": [2.0, 2.2, 1.8, 9.0, 1.0, 1.1, 0.9]})
+    pair = paired_differences(per_window, [("a", "b")], "growth", ratio=True).iloc[0]
+    assert pair.windows == 3 and pair.a_above_b == 3 and pair.estimate == pytest.approx(2.0)
+    assert pair.low == pytest.approx(2.0) and pair.high == pytest.approx(2.0)  # the same ratio on every window
+    diff = paired_differences(per_window, [("a", "b")], "growth").iloc[0]
+    assert diff.estimate == pytest.approx(1.0) and diff.low < 1.0 < diff.high
+    with pytest.raises(ValueError, match="no per-window 'growth' for \\['c'\\]"):
+        paired_differences(per_window, [("a", "c")], "growth")
 
 
 def test_growth_exponent_recovers_power_laws():

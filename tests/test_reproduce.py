@@ -119,6 +119,24 @@ def test_inplace_refreshes_the_source_notebook_and_figures(tmp_path):
     assert {p.name for p in (tmp_path / "figures").iterdir()} == {"fig.png", "fig.csv", "fig.md", "SUMMARY.md"}
 
 
+def test_long_profile_runs_only_notebooks_with_an_entry_and_keeps_the_cpu_notebook(tmp_path, monkeypatch):
+    notebooks = tmp_path / "notebooks"
+    source = write_notebook(notebooks / "00_first.ipynb", WRITES_RESULTS,
+                            parameters='profile = "cpu"\nvalue = 2\nname = "fig"\nresults_path = "../results/a.jsonl"')
+    write_notebook(notebooks / "01_other.ipynb", WRITES_RESULTS)
+    before = source.read_text()
+    with pytest.raises(ValueError, match="no selected notebook has a `long` profile entry"):
+        rp.reproduce("long", notebooks_dir=notebooks, repo_root=tmp_path, log=lambda _: None)
+    monkeypatch.setitem(rp.PROFILES, "00_first", {"long": {"value": 3, "name": "fig_long"}})
+    outcomes = rp.reproduce("long", inplace=True, notebooks_dir=notebooks, repo_root=tmp_path,
+                            output_dir=tmp_path / "build" / "long", log=lambda _: None)
+    assert [(o.notebook, o.status) for o in outcomes] == [("00_first", "ran")]
+    assert source.read_text() == before                      # the committed notebook keeps its cpu run
+    run = nbformat.read(str(notebooks / "runs" / "00_first.long.ipynb"), as_version=4)
+    assert run.metadata.reproduce["profile"] == "long" and run.metadata.reproduce["parameters"]["value"] == 3
+    assert (tmp_path / "figures" / "fig_long.png").exists()
+
+
 def test_summary_lists_figures_without_findings(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
     (tmp_path / "b.png").write_bytes(b"")

@@ -41,7 +41,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..models import compressed_linears
+from ..models import BLOCK_SELECTIONS, compressed_linears, decoder_layers, selected_blocks
 from .quantizer import fake_quantize
 
 ACTIVATION_GRANULARITIES = ("per_token", "per_tensor")
@@ -81,9 +81,16 @@ class KVSettings:
     token_group_size: int = 128   # per_channel only: tokens sharing one grid per channel
     keys: bool = True
     values: bool = True
+    # whose cache: 'all' blocks, 'full_attention' / 'sliding_attention' ones (Gemma-3) or block indices
+    blocks: str | tuple[int, ...] = "all"
 
     def __post_init__(self):
         _check_bits(self.bits, "KV-cache")
+        if isinstance(self.blocks, str):
+            if self.blocks not in BLOCK_SELECTIONS:
+                raise ValueError(f"blocks={self.blocks!r}; expected one of {BLOCK_SELECTIONS} or block indices.")
+        else:
+            object.__setattr__(self, "blocks", tuple(int(i) for i in self.blocks))
         if self.granularity not in KV_GRANULARITIES:
             raise ValueError(f"granularity={self.granularity!r}; expected one of {KV_GRANULARITIES}.")
         if not isinstance(self.token_group_size, int) or self.token_group_size < 1:
@@ -133,11 +140,16 @@ def quantize_activations(model: nn.Module, settings: ActivationSettings) -> Iter
             handle.remove()
 
 
-def attention_projections(model: nn.Module) -> dict[str, tuple[nn.Module, nn.Module, int]]:
-    """{attention module name: (k_proj, v_proj, head_dim)} for every attention with separate k/v."""
+def attention_projections(model: nn.Module, blocks: str | tuple[int, ...] = "all"
+                          ) -> dict[str, tuple[nn.Module, nn.Module, int]]:
+    """{attention module name: (k_proj, v_proj, head_dim)} for every attention with separate k/v in
+    the decoder blocks `blocks` selects (helpers.models.selected_blocks)."""
     config = getattr(model, "config", None)
+    layers = decoder_layers(model)
+    chosen = {id(module) for index in selected_blocks(model, blocks) for module in layers[index].modules()}
+    modules = [(name, module) for name, module in model.named_modules() if id(module) in chosen]
     found = {}
-    for name, module in model.named_modules():
+    for name, module in modules:
         k_proj, v_proj = getattr(module, "k_proj", None), getattr(module, "v_proj", None)
         if not (isinstance(k_proj, nn.Module) and isinstance(v_proj, nn.Module)):
             continue
@@ -156,7 +168,7 @@ def attention_projections(model: nn.Module) -> dict[str, tuple[nn.Module, nn.Mod
 def quantize_kv_cache(model: nn.Module, settings: KVSettings) -> Iterator[dict[str, tuple]]:
     """Within the block, keys and values are fake-quantized as a low-bit cache would hold them
     (pre-RoPE, see the module docstring); hooks always removed."""
-    attentions = attention_projections(model)
+    attentions = attention_projections(model, settings.blocks)
     handles = []
     try:
         for k_proj, v_proj, head_dim in attentions.values():

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..data import CalibrationSettings, calibration_samples
 from .engine import run_layerwise
-from ..models import compressed_linears, linear_weight, set_linear_weight
+from ..models import BLOCK_SELECTIONS, compressed_linears, linear_weight, set_linear_weight
 from .obs import obs_compress
 from .protect import layer_protection, quantization_info
 from .pruning import Pattern, check_sparsity, magnitude_mask, random_mask, wanda_mask
@@ -41,6 +41,9 @@ class Recipe:
     seed: int = 0
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     true_sequential: bool = False  # compress each block's sub-groups in turn ([q, k, v] -> [o] -> [gate, up] -> [down])
+    # which decoder blocks to compress: 'all', 'full_attention' / 'sliding_attention' (Gemma-3's global vs
+    # sliding-window blocks, helpers.models.selected_blocks) or block indices; the others stay dense
+    blocks: str | tuple[int, ...] = "all"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -51,6 +54,14 @@ class Recipe:
                 check_sparsity(value, f"sparsity[{name!r}]")
         else:
             check_sparsity(self.sparsity)
+        if isinstance(self.blocks, str):
+            if self.blocks not in BLOCK_SELECTIONS:
+                raise ValueError(f"blocks={self.blocks!r}; expected one of {BLOCK_SELECTIONS} or a tuple of block "
+                                 "indices.")
+        else:
+            object.__setattr__(self, "blocks", tuple(int(i) for i in self.blocks))
+            if not self.blocks:
+                raise ValueError("blocks=() compresses nothing; give 'all' or at least one block index.")
         if not isinstance(self.block_size, int) or self.block_size < 1:
             raise ValueError(f"block_size={self.block_size!r}; expected a positive integer (128 is the reference).")
         if pattern.structured:
@@ -260,7 +271,7 @@ def check_recipe(model: nn.Module, recipe: Recipe) -> dict[str, nn.Module]:
     """Check `recipe` against the model's layers and shapes, before any forward pass; returns the
     linears it compresses. (Group sizes need no check: a width they do not divide ends in a partial
     group.)"""
-    linears = compressed_linears(model)
+    linears = compressed_linears(model, recipe.blocks)
     if isinstance(recipe.sparsity, Mapping):
         missing = set(linears) - set(recipe.sparsity)
         if missing:
@@ -294,7 +305,8 @@ def compress_model(model: nn.Module, recipe: Recipe, *, tokenizer=None, calibrat
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             engine = run_layerwise(model, calibration_ids, method, device=device, batch_size=batch_size,
-                                   progress=progress, true_sequential=recipe.true_sequential)
+                                   progress=progress, true_sequential=recipe.true_sequential,
+                                   layer_filter=None if recipe.blocks == "all" else linears.__contains__)
         layers = engine.layers
         messages = [str(w.message) for w in caught]
         inner = engine.seconds_statistics + engine.seconds_compression + engine.seconds_propagation
@@ -306,5 +318,9 @@ def compress_model(model: nn.Module, recipe: Recipe, *, tokenizer=None, calibrat
             layers[name] = method.compress(name, linear, None)
         messages = []
         timings = {"seconds_solve": time.perf_counter() - start}
+    for name, linear in compressed_linears(model).items():  # blocks left out stay dense: counted as stored
+        if name not in layers:
+            storage = storage_bits(tuple(linear_weight(linear).shape))
+            layers[name] = {"compressed": False, "storage": storage.as_dict(), "bits_per_weight": storage.per_weight}
     return CompressionReport(recipe=recipe.as_dict(), layers=layers, achieved_sparsity=sparsity_report(model)["total"],
                              seconds=time.perf_counter() - start, warnings=messages, timings=timings)

@@ -103,7 +103,10 @@ EVALUATION_KEYS = {"activation_bits", "activation_granularity", "activation_symm
                    "kv_granularity", "kv_token_group_size", "kv_symmetric"}
 SCHEDULE_KEYS = {"schedule", "schedule_inputs", "owl_multiplier", "owl_spread", "schedule_levels",
                  "schedule_clustering", "schedule_spread", "schedule_probe_sparsity", "schedule_normalize_by_size"}
-SPEC_KEYS = {"method", "label", "family"} | QUANT_KEYS | PRUNE_KEYS | RECIPE_KEYS | EVALUATION_KEYS | SCHEDULE_KEYS
+SPEC_KEYS = {"method", "label", "family", "blocks"} | QUANT_KEYS | PRUNE_KEYS | RECIPE_KEYS | EVALUATION_KEYS | SCHEDULE_KEYS
+
+
+_BLOCK_LABELS = {"full_attention": "global blocks", "sliding_attention": "sliding-window blocks"}
 
 
 def _grid_label(quant: QuantSettings) -> str:
@@ -136,6 +139,8 @@ def parse_variant(spec: Mapping[str, Any], calibration: CalibrationSettings | No
     `owl_multiplier` (M) and `owl_spread` (lambda); the Hessian scheduler's `schedule_levels`,
     `schedule_clustering`, `schedule_spread`, `schedule_probe_sparsity`, `schedule_normalize_by_size`;
     `schedule_inputs` 'compressed' (default: sequential) or 'dense' (every layer from the dense Hessians).
+    `blocks`: which decoder blocks the weight recipe and the KV cache touch ('all', or Gemma-3's
+    'full_attention' / 'sliding_attention' blocks, or block indices; helpers.models.selected_blocks).
     `label` and `family` override the generated ones. Examples:
         {"method": "sparsegpt", "sparsity": 0.5, "pattern": "2:4"}
         {"method": "gptq", "bits": 3, "group_size": 128, "act_order": True}
@@ -166,7 +171,7 @@ def parse_variant(spec: Mapping[str, Any], calibration: CalibrationSettings | No
             quant = QuantSettings(**{k: spec[k] for k in QUANT_KEYS if k in spec})
         elif set(spec) & (QUANT_KEYS - {"bits"}):
             raise ValueError(f"variant spec {spec!r} describes a quantization grid without bits; add e.g. 'bits': 4.")
-        fields = {k: spec[k] for k in RECIPE_KEYS | PRUNE_KEYS if k in spec}
+        fields = {k: spec[k] for k in RECIPE_KEYS | PRUNE_KEYS | {"blocks"} if k in spec}
         if calibration is not None:
             fields["calibration"] = calibration
         recipe = Recipe(method=method, quant=quant, **fields)  # validates the combination
@@ -182,6 +187,12 @@ def parse_variant(spec: Mapping[str, Any], calibration: CalibrationSettings | No
                             protect_rule=quant.protect_rule if quant.protects else "none",
                             protect_bits=quant.protect_bits, protection_group_size=quant.protection_group_size)
         label = " ".join(parts) + (" true-sequential" if recipe.true_sequential else "")
+    blocks = spec.get("blocks", "all")
+    if blocks != "all" and spec.get("schedule") is not None:
+        raise ValueError(f"variant spec {spec!r}: a schedule spreads sparsity over every block; drop 'blocks'.")
+    if blocks != "all" and evaluation.get("activation_bits"):
+        raise ValueError(f"variant spec {spec!r}: activation quantization covers every block; drop 'blocks' or "
+                         "activation_bits.")
     compress = None
     if spec.get("schedule") is not None:
         recipe, compress, schedule_settings = _schedule(spec, recipe)
@@ -200,7 +211,7 @@ def parse_variant(spec: Mapping[str, Any], calibration: CalibrationSettings | No
     if evaluation.get("kv_bits"):
         options = {name: evaluation[f"kv_{name}"] for name in ("granularity", "token_group_size", "symmetric")
                    if f"kv_{name}" in evaluation}
-        kv = KVSettings(bits=int(evaluation["kv_bits"]), **options)
+        kv = KVSettings(bits=int(evaluation["kv_bits"]), blocks=blocks, **options)
         settings["kv_cache"] = kv.as_dict()
     during = None
     if activation is not None or kv is not None:
@@ -224,6 +235,10 @@ def parse_variant(spec: Mapping[str, Any], calibration: CalibrationSettings | No
                 stack.enter_context(quantize_kv_cache(model, kv))
             return stack
 
+    if blocks != "all":
+        settings["blocks"] = blocks if isinstance(blocks, str) else list(blocks)
+        where = _BLOCK_LABELS.get(blocks, blocks) if isinstance(blocks, str) else "blocks " + ",".join(map(str, blocks))
+        label += f" [{where}]"
     return Variant(spec.get("label") or label, recipe, during, settings, family=spec.get("family") or family,
                    compress=compress)
 

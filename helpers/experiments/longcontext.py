@@ -129,18 +129,121 @@ def t_interval(values: Sequence[float], *, confidence: float = 0.95) -> tuple[fl
     return float(values.mean() - half), float(values.mean() + half)
 
 
+INTERVALS = ("t", "bootstrap")
+
+
+def interval_name(kind: str, n: int, confidence: float = 0.95) -> str:
+    """What an interval is, for legends and tables: e.g. '95% t-interval over 8 windows'."""
+    what = {"t": "t-interval", "bootstrap": "percentile bootstrap"}[kind]
+    return f"{confidence:.0%} {what} over {n} windows"
+
+
 def summarize_windows(frame, by: Sequence[str], value: str = "value", *, confidence: float = 0.95,
-                      seed: int = 0):
-    """Per group: mean over windows, standard error, bootstrap interval and number of windows."""
+                      interval: str = "t", seed: int = 0):
+    """Per group: mean over windows, standard error, an interval of the mean (`interval`: 't', a
+    Student-t interval, or 'bootstrap', a percentile bootstrap over windows) and the number of windows;
+    the `interval` column names what was computed."""
     import pandas as pd
 
+    if interval not in INTERVALS:
+        raise ValueError(f"interval={interval!r}; expected one of {INTERVALS}.")
     rows = []
     for keys, group in frame.groupby(list(by), sort=False, dropna=False):
         values = group[value].to_numpy(dtype=float)
-        low, high = bootstrap_interval(values, confidence=confidence, seed=seed)
+        if interval == "t":
+            low, high = t_interval(values, confidence=confidence)
+        else:
+            low, high = bootstrap_interval(values, confidence=confidence, seed=seed)
         keys = keys if isinstance(keys, tuple) else (keys,)
         rows.append({**dict(zip(by, keys)), "mean": values.mean(), "standard_error": standard_error(values),
-                     "low": low, "high": high, "windows": values.size})
+                     "low": low, "high": high, "windows": values.size,
+                     "interval": interval_name(interval, values.size, confidence)})
+    return pd.DataFrame(rows)
+
+
+def window_growth(kl_context, kl_bins, *, first_position: int = 16):
+    """Growth with context, per (label, window): the independent unit for intervals and pairing.
+
+    kl_context / kl_bins: the `kl_context` and `kl_bin` rows of `variant_records` (columns label,
+    window, value and context / position_start, position_stop). Returns one row per label and window:
+      growth        mean KL at the longest context / mean KL at the shortest;
+      log_slope     slope of log KL against log position over the bins from 1-based position
+                    `first_position` on (0 flat, 1 linear in position);
+      slope_per_1k  least-squares slope of KL against position over the same positions, nats per
+                    1,000 tokens (bins weighted by their width, i.e. every position counts once);
+      kl_first, kl_last  the two context means behind `growth`.
+    """
+    import pandas as pd
+
+    rows = []
+    shortest, longest = kl_context.context.min(), kl_context.context.max()
+    contexts = kl_context.set_index(["label", "window", "context"])["value"]
+    for (label, window), bins in kl_bins.groupby(["label", "window"], sort=False):
+        bins = bins[bins.position_start + 1 >= first_position].sort_values("position_start")
+        centre = np.sqrt((bins.position_start.to_numpy(float) + 1) * bins.position_stop.to_numpy(float))
+        middle = (bins.position_start.to_numpy(float) + bins.position_stop.to_numpy(float) + 1) / 2
+        width = (bins.position_stop - bins.position_start).to_numpy(float)
+        kl = bins.value.to_numpy(float)
+        slope = float(np.polyfit(middle, kl, 1, w=np.sqrt(width))[0]) * 1000 if len(kl) > 1 else float("nan")
+        first, last = contexts[(label, window, shortest)], contexts[(label, window, longest)]
+        rows.append({"label": label, "window": window, "kl_first": first, "kl_last": last,
+                     "growth": last / first if first > 0 else float("nan"),
+                     "log_slope": growth_exponent(centre, kl), "slope_per_1k": slope})
+    return pd.DataFrame(rows)
+
+
+def interval_summary(per_window, columns: Sequence[str], *, by: str = "label", ratios: Sequence[str] = ("growth",),
+                     confidence: float = 0.95):
+    """Mean and Student-t interval over windows of each column of `per_window` (one row per window),
+    per `by`. Columns in `ratios` are summarized on the log scale (geometric mean, interval
+    exponentiated), as a ratio should be. Long format: by, quantity, estimate, low, high, windows, interval."""
+    import pandas as pd
+
+    rows = []
+    for key, group in per_window.groupby(by, sort=False):
+        for column in columns:
+            values = group[column].to_numpy(float)
+            values = values[np.isfinite(values)]
+            ratio = column in ratios
+            if ratio:
+                values = np.log(values[values > 0])
+            low, high = t_interval(values, confidence=confidence)
+            estimate = values.mean() if values.size else float("nan")
+            if ratio:
+                estimate, low, high = np.exp(estimate), np.exp(low), np.exp(high)
+            rows.append({by: key, "quantity": column, "estimate": float(estimate), "low": float(low),
+                         "high": float(high), "windows": int(values.size),
+                         "interval": ("geometric mean, " if ratio else "mean, ")
+                         + interval_name("t", int(values.size), confidence)})
+    return pd.DataFrame(rows)
+
+
+def paired_differences(per_window, pairs: Iterable[tuple[str, str]], column: str, *, ratio: bool = False,
+                       confidence: float = 0.95):
+    """Paired comparison of two variants on the same windows: per pair (a, b), the per-window
+    difference column(a) - column(b) (or, with `ratio`, the ratio column(a) / column(b), summarized on
+    the log scale), its mean with a Student-t interval over the shared windows, and how many windows
+    have a above b. Windows only one of the two variants measured are left out."""
+    import pandas as pd
+
+    table = per_window.pivot_table(index="window", columns="label", values=column)
+    rows = []
+    for a, b in pairs:
+        missing = [label for label in (a, b) if label not in table.columns]
+        if missing:
+            raise ValueError(f"paired_differences: no per-window {column!r} for {missing}; labels present: "
+                             f"{sorted(table.columns)}.")
+        both = table[[a, b]].dropna()
+        x, y = both[a].to_numpy(float), both[b].to_numpy(float)
+        d = np.log(x / y) if ratio else x - y
+        low, high = t_interval(d, confidence=confidence)
+        estimate = d.mean() if d.size else float("nan")
+        if ratio:
+            estimate, low, high = np.exp(estimate), np.exp(low), np.exp(high)
+        rows.append({"a": a, "b": b, "quantity": column + (" ratio a/b" if ratio else " difference a-b"),
+                     "estimate": float(estimate), "low": float(low), "high": float(high), "windows": int(d.size),
+                     "a_above_b": int((x > y).sum()), "interval": ("geometric mean, " if ratio else "mean, ")
+                     + interval_name("t", int(d.size), confidence)})
     return pd.DataFrame(rows)
 
 

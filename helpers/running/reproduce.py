@@ -7,6 +7,10 @@
 Profiles:
 - `tiny`: a random-weight tiny model and very short contexts; checks that the code runs (CI).
 - `cpu`: each notebook's own defaults (its `parameters` cell); the committed outputs and figures.
+- `long`: a second committed run at a longer context on another offline model (notebook 01: Gemma-3-270M
+  at 16K tokens); only notebooks with a `long` entry run. With `--inplace` its figures (named with
+  the run's suffix) go to figures/, its results to results/ and its executed copy to
+  `notebooks/runs/<name>.long.ipynb`; the committed notebook keeps the cpu run.
 - `paper`: the paper-scale settings, a hub model on cuda (needs a network or a local copy).
 
 A notebook's parameters per profile live in PROFILES below: add your notebook's entry there (keyed
@@ -41,7 +45,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK_NAME = re.compile(r"^\d\d_.+\.ipynb$")
-PROFILE_NAMES = ("tiny", "cpu", "paper")
+PROFILE_NAMES = ("tiny", "cpu", "long", "paper")
+INPLACE_PROFILES = ("cpu", "long")
 
 # Per-notebook parameters for each profile; `cpu` is normally empty (the notebook's own defaults).
 # A notebook without an entry gets only {"profile": name}. Tiny runs must finish in about 2 minutes
@@ -86,12 +91,22 @@ PROFILES: dict[str, dict[str, dict]] = {
                   "ablation_samples": [8, 16, 32, 64, 128, 256], "ablation_tasks": ["mmlu", "freebaseqa"]},
     },
     "01_context_length_kl": {
-        "tiny": {"model": "tiny-llama", "max_context": 128, "n_windows": 2, "smallest_context": 16,
+        "tiny": {"model": "tiny-gemma3", "max_context": 128, "n_windows": 3, "smallest_context": 16,
                  "methods": [{"method": "magnitude", "sparsity": 0.5}, {"method": "random", "sparsity": 0.1},
                              {"method": "rtn", "bits": 4, "group_size": None},
-                             {"method": "gptq", "bits": 3, "group_size": None}],
+                             {"method": "gptq", "bits": 3, "group_size": None},
+                             {"method": "rtn", "bits": 3, "group_size": None, "blocks": "full_attention"},
+                             {"method": "rtn", "bits": 3, "group_size": None, "blocks": "sliding_attention"}],
                  "calibration_samples": 4, "calibration_seq_len": 64, "simulation_positions": 128},
         "cpu": {},
+        # Gemma-3-270M at 16K tokens: 3 windows of 16,384 tokens, each kind of block compressed alone
+        # (dense pass 131 s and one compressed pass + KL 222 s per window on 2 cores; peak RSS 3.3 GiB)
+        "long": {"model": "gemma3-270m", "max_context": 16384, "n_windows": 3, "smallest_context": 64,
+                 "methods": [{"method": "rtn", "bits": 4, "group_size": 128, "blocks": "full_attention"},
+                             {"method": "rtn", "bits": 4, "group_size": 128, "blocks": "sliding_attention"}],
+                 "activation_methods": [{"kv_bits": 3, "blocks": "full_attention"},
+                                        {"kv_bits": 3, "blocks": "sliding_attention"}],
+                 "run_name": "gemma3-16k", "results_path": "../results/01_context_length_kl_gemma3_16k.jsonl"},
         "paper": {"model": "togethercomputer/LLaMA-2-7B-32K", "dtype": "float16", "device": "cuda",
                   "max_context": 32768, "n_windows": 8, "smallest_context": 1024,
                   "calibration_samples": 128, "calibration_seq_len": 2048, "simulation_positions": 4096},
@@ -243,15 +258,20 @@ def reproduce(profile: str, *, only: list[str] | None = None, redo: bool = False
               notebooks_dir: Path | None = None, repo_root: Path = REPO_ROOT,
               log=print) -> list[Outcome]:
     """Run the notebooks of `notebooks_dir` in `profile`; one failure does not stop the others."""
-    if inplace and profile != "cpu":
-        raise ValueError(f"--inplace writes into the committed notebooks, which carry the cpu profile's "
-                         f"outputs; it cannot be used with --profile {profile}.")
+    if inplace and profile not in INPLACE_PROFILES:
+        raise ValueError(f"--inplace writes into the committed notebooks, figures and results, which carry the "
+                         f"{' and '.join(INPLACE_PROFILES)} profiles' runs; it cannot be used with --profile {profile}.")
     repo_root = Path(repo_root).resolve()
     notebooks_dir = Path(notebooks_dir or repo_root / "notebooks").resolve()
     output_dir = Path(output_dir or repo_root / "build" / profile).resolve()
     run_root = repo_root if inplace else output_dir
     cwd = run_root / "notebooks"
     notebooks = find_notebooks(notebooks_dir, only)
+    if profile == "long":
+        notebooks = [nb for nb in notebooks if "long" in PROFILES.get(nb.stem, {})]
+        if not notebooks:
+            raise ValueError("no selected notebook has a `long` profile entry (see PROFILES); "
+                             "notebook 01 has one: --only 01.")
     outcomes = []
     total = time.perf_counter()
     log(f"reproduce: profile={profile}, {len(notebooks)} notebook(s), executed copies in "
@@ -280,11 +300,15 @@ def reproduce(profile: str, *, only: list[str] | None = None, redo: bool = False
             log(f"{prefix}: FAILED after {seconds:.0f} s: {message}")
             continue
         seconds = time.perf_counter() - started
-        if inplace:
+        if inplace and profile == "cpu":
             shutil.copyfile(output, notebook)
+        elif inplace:  # a second committed run beside the notebook, which keeps the cpu run
+            copy = notebooks_dir / "runs" / f"{notebook.stem}.{profile}.ipynb"
+            copy.parent.mkdir(exist_ok=True)
+            shutil.copyfile(output, copy)
         outcomes.append(Outcome(notebook.stem, "ran", seconds, output=output, parameters=parameters))
         log(f"{prefix}: done in {seconds:.0f} s")
-    summary = write_summary(run_root / "figures", profile)
+    summary = write_summary(run_root / "figures", "cpu" if inplace else profile)
     failed = [o for o in outcomes if o.status == "failed"]
     log(f"reproduce: {sum(o.status == 'ran' for o in outcomes)} ran, "
         f"{sum(o.status == 'skipped' for o in outcomes)} skipped, {len(failed)} failed "
@@ -317,7 +341,8 @@ def write_summary(figures_dir: Path, profile: str) -> Path:
     lines = ["# Figures", "",
              f"Made by `python -m helpers.running.reproduce --profile {profile}` "
              f"({_dt.date.today().isoformat()}). Each figure's data is the CSV beside it; each line is the "
-             "finding its notebook wrote (`helpers.plotting.save_figure(..., finding=...)`).", ""]
+             "finding its notebook wrote (`helpers.plotting.save_figure(..., finding=...)`). Figures whose "
+             "name ends in a run name (e.g. `_gemma3-16k`) come from `--profile long`.", ""]
     pngs = sorted(figures_dir.glob("*.png"))
     for png in pngs:
         note = png.with_suffix(".md")
@@ -336,14 +361,16 @@ def write_summary(figures_dir: Path, profile: str) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m helpers.running.reproduce", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", choices=PROFILE_NAMES, default="cpu",
-                        help="tiny: seconds, random tiny model; cpu: the notebooks' defaults; paper: GPU scale")
+                        help="tiny: seconds, random tiny model; cpu: the notebooks' defaults; long: a second "
+                             "model at a longer context (notebook 01); paper: GPU scale")
     parser.add_argument("--only", action="append", metavar="NAME",
                         help="run only this notebook (name or prefix such as 02); repeatable")
     parser.add_argument("--redo", action="store_true", help="run notebooks even when their outputs are up to date")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="where executed notebooks go (default build/<profile>)")
     parser.add_argument("--inplace", action="store_true",
-                        help="cpu only: also write the executed notebooks over notebooks/ and figures into figures/")
+                        help="cpu / long: write the executed notebook over notebooks/ (long: notebooks/runs/), "
+                             "figures into figures/ and results into results/")
     return parser
 
 
