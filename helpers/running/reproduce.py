@@ -112,7 +112,7 @@ PROFILES: dict[str, dict[str, dict]] = {
                   "calibration_samples": 128, "calibration_seq_len": 2048, "simulation_positions": 4096},
     },
     "02_outlier_protection": {
-        "tiny": {"model": "tiny-llama", "max_context": 64, "n_windows": 2, "smallest_context": 8,
+        "tiny": {"model": "tiny-llama", "max_context": 64, "n_windows": 3, "smallest_context": 8,
                  "bit_widths": [3], "protect_fractions": [0.0, 0.05], "group_sizes": [32],
                  "heatmap_fraction": 0.05, "calibration_samples": 4, "calibration_seq_len": 32},
         "cpu": {},
