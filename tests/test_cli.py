@@ -31,6 +31,10 @@ CALIBRATION = CalibrationSettings()  # the CLI's defaults: c4 128 x 2048, seed 0
       "hessian", "--protect-bits", "16", "--protect-group-size", "32"],
      Recipe(method="rtn", quant=QuantSettings(bits=3, group_size=64, protect_fraction=0.02, protect_rule="hessian",
                                               protect_bits=16, protect_group_size=32), calibration=CALIBRATION)),
+    (["--method", "rtn", "--bits", "4", "--group-size", "128", "--blocks", "full_attention"],
+     Recipe(method="rtn", quant=QuantSettings(bits=4, group_size=128), blocks="full_attention", calibration=CALIBRATION)),
+    (["--method", "magnitude", "--sparsity", "0.3", "--blocks", "5,11,17"],
+     Recipe(method="magnitude", sparsity=0.3, blocks=(5, 11, 17), calibration=CALIBRATION)),
     (["--method", "sparsegpt", "--sparsity", "0.6", "--damping", "0.1", "--block-size", "64", "--seed", "3",
       "--calibration-samples", "16", "--calibration-seq-len", "256"],
      Recipe(method="sparsegpt", sparsity=0.6, damping=0.1, block_size=64, seed=3,
@@ -46,6 +50,8 @@ def test_evaluation_and_schedule_flags_map_to_their_settings():
                                                                      "granularity": "per_tensor"}
     kv = parsed("--kv-bits", "3", "--kv-granularity", "per_channel", "--kv-token-group-size", "64")
     assert kv.recipe is None and kv.settings["kv_cache"]["token_group_size"] == 64
+    sliding = parsed("--kv-bits", "3", "--blocks", "sliding_attention")
+    assert sliding.settings["kv_cache"]["blocks"] == "sliding_attention" and sliding.label == "KV3 [sliding-window blocks]"
     owl = parsed("--method", "wanda", "--sparsity", "0.7", "--schedule", "owl", "--owl-multiplier", "7",
                  "--owl-spread", "0.1")
     assert owl.settings["schedule"]["owl"].outlier_multiplier == 7 and owl.settings["schedule"]["owl"].spread == 0.1
@@ -71,6 +77,12 @@ def test_evaluation_and_schedule_flags_map_to_their_settings():
 def test_bad_combinations_are_refused_before_any_model_is_loaded(flags, message, capsys):
     assert main(["compress", "--model", "no-such-model", *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_unknown_block_selection_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["compress", "--model", "no-such-model", "--kv-bits", "3", "--blocks", "global"])
+    assert exit_.value.code == 2 and "--blocks 'global': expected one of" in capsys.readouterr().err
 
 
 def records(path):

@@ -41,7 +41,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..models import BLOCK_SELECTIONS, compressed_linears, decoder_layers, selected_blocks
+from ..models import compressed_linears, decoder_layers, normalize_blocks, selected_blocks
 from .quantizer import fake_quantize
 
 ACTIVATION_GRANULARITIES = ("per_token", "per_tensor")
@@ -86,11 +86,7 @@ class KVSettings:
 
     def __post_init__(self):
         _check_bits(self.bits, "KV-cache")
-        if isinstance(self.blocks, str):
-            if self.blocks not in BLOCK_SELECTIONS:
-                raise ValueError(f"blocks={self.blocks!r}; expected one of {BLOCK_SELECTIONS} or block indices.")
-        else:
-            object.__setattr__(self, "blocks", tuple(int(i) for i in self.blocks))
+        object.__setattr__(self, "blocks", normalize_blocks(self.blocks))
         if self.granularity not in KV_GRANULARITIES:
             raise ValueError(f"granularity={self.granularity!r}; expected one of {KV_GRANULARITIES}.")
         if not isinstance(self.token_group_size, int) or self.token_group_size < 1:

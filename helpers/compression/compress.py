@@ -20,7 +20,7 @@ from torch import nn
 
 from ..data import CalibrationSettings, calibration_samples
 from .engine import run_layerwise
-from ..models import BLOCK_SELECTIONS, compressed_linears, linear_weight, set_linear_weight
+from ..models import compressed_linears, linear_weight, normalize_blocks, set_linear_weight
 from .obs import obs_compress
 from .protect import layer_protection, quantization_info
 from .pruning import Pattern, check_sparsity, magnitude_mask, random_mask, wanda_mask
@@ -54,14 +54,7 @@ class Recipe:
                 check_sparsity(value, f"sparsity[{name!r}]")
         else:
             check_sparsity(self.sparsity)
-        if isinstance(self.blocks, str):
-            if self.blocks not in BLOCK_SELECTIONS:
-                raise ValueError(f"blocks={self.blocks!r}; expected one of {BLOCK_SELECTIONS} or a tuple of block "
-                                 "indices.")
-        else:
-            object.__setattr__(self, "blocks", tuple(int(i) for i in self.blocks))
-            if not self.blocks:
-                raise ValueError("blocks=() compresses nothing; give 'all' or at least one block index.")
+        object.__setattr__(self, "blocks", normalize_blocks(self.blocks))
         if not isinstance(self.block_size, int) or self.block_size < 1:
             raise ValueError(f"block_size={self.block_size!r}; expected a positive integer (128 is the reference).")
         if pattern.structured:

@@ -3,7 +3,8 @@
 Every function here returns dequantized values in float32 that the caller writes back into the
 model in its own dtype: no integer codes are stored and nothing gets smaller or faster. The error
 is exactly the error a real low-bit kernel would see; the storage cost is computed, not measured
-(helpers.compression.protect.effective_bits).
+(helpers.compression.protect.effective_bits). `recover_grid` inverts `dequantize`: the integer codes
+and grids behind fake-quantized weights, which helpers.compression.export writes to disk.
 
 The grid follows GPTQ's reference quantizer: asymmetric min-max with the range widened to include
 0 (xmin = min(min x, 0), xmax = max(max x, 0)), scale = (xmax - xmin) / (2^b - 1),
@@ -153,6 +154,73 @@ def dequantize(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, ma
     """Round `weight` to the grid and return the dequantized values."""
     q = torch.clamp(torch.round(weight / scale) + zero, 0, maxq)
     return scale * (q - zero)
+
+
+@torch.no_grad()
+def recover_grid(values: torch.Tensor, bits: int, symmetric: bool = False, *, tolerance: float = 1e-3):
+    """The grid each row of dequantized float32 `values` [rows, columns] lies on: the inverse of
+    `dequantize`, which turns fake-quantized weights back into integer codes (helpers.compression.export).
+
+    A dequantized value is scale * (q - zero) with integers q, zero in [0, 2^b - 1] (symmetric:
+    zero = 2^(b-1)), so every value of a row is an integer multiple n of the row's scale. With m the
+    smallest nonzero |value|, m = k * scale for an integer k >= 1. For k = 1, 2, ... the trial scale
+    m / k is kept where every value / (m / k) lies within `tolerance` of an integer that fits the
+    grid's range (a wrong k leaves a fraction of at least 1 / 2^b, far above float32 rounding) and,
+    refined to a float32 number (least squares over the codes, then its neighbouring floats), it
+    reproduces every value bit for bit: a coarser grid (codes sharing a common factor) is taken when
+    it is exact, else the search goes on to the grid that made the values. zero puts the lowest code
+    at 0; a row of zeros gets fit_grid's grid of an empty row. MSE-shrunk grids are recovered too
+    (clipped weights sit on the end codes).
+
+    Returns (scale [rows, 1], zero [rows, 1], exact [rows] bool): exact is False where no grid of
+    `bits` bits reproduces the row (the values are not fake-quantized on such a grid)."""
+    if values.dtype != torch.float32:
+        raise ValueError(f"recover_grid needs float32 values, got {values.dtype}: values rounded to a "
+                         "16-bit float after dequantization no longer hold their codes exactly.")
+    v = values
+    rows = v.shape[0]
+    maxq = max_level(bits)
+    low_code, high_code = (-(maxq + 1) // 2, (maxq - 1) // 2) if symmetric else (-maxq, maxq)
+    smallest = torch.where(v != 0, v.abs(), torch.full_like(v, float("inf"))).amin(dim=1)
+    empty = torch.isinf(smallest)
+    span = v.amax(dim=1).clamp(min=0) - v.amin(dim=1).clamp(max=0)
+    scale = torch.ones(rows, dtype=torch.float32, device=v.device)
+    lowest = torch.zeros(rows, dtype=torch.float32, device=v.device)  # the lowest code of each row
+    exact = empty.clone()
+    for k in range(1, maxq + 2):
+        todo = (~exact & (smallest / k >= span / maxq * (1 - 1e-6))).nonzero().squeeze(1)
+        if not todo.numel():
+            break  # every row is exact, or its trial scale is too small for its range
+        rows_v = v[todo]
+        trial = smallest[todo] / k
+        ratio = rows_v / trial[:, None]
+        codes = torch.round(ratio)
+        top, bottom = codes.amax(dim=1).clamp(min=0), codes.amin(dim=1).clamp(max=0)
+        fits = (ratio - codes).abs().amax(dim=1) < tolerance
+        fits &= (bottom >= low_code) & (top <= high_code) & (symmetric | (top - bottom <= maxq))
+        if not fits.any():
+            continue
+        todo, rows_v, codes, bottom = todo[fits], rows_v[fits], codes[fits], bottom[fits]
+        candidate = ((rows_v.double() * codes.double()).sum(dim=1) / codes.double().square().sum(dim=1)).float()
+        hit = torch.zeros_like(candidate, dtype=torch.bool)
+        found = candidate.clone()
+        for step in (0, 1, -1, 2, -2, 3, -3):  # the least-squares scale and its float32 neighbours
+            trial = candidate
+            for _ in range(abs(step)):
+                trial = torch.nextafter(trial, torch.full_like(trial, float("inf") if step > 0 else 0.0))
+            new = ~hit & (codes * trial[:, None] == rows_v).all(dim=1)
+            found = torch.where(new, trial, found)
+            hit |= new
+        scale[todo[hit]] = found[hit]
+        lowest[todo[hit]] = bottom[hit]
+        exact[todo[hit]] = True
+    empty_scale, empty_zero = fit_grid(torch.zeros(1, 1, device=v.device), bits, symmetric)
+    scale = torch.where(empty, empty_scale[0, 0], scale)
+    if symmetric:
+        zero = torch.full_like(scale, (maxq + 1) / 2)
+    else:
+        zero = torch.where(empty, empty_zero[0, 0], -lowest)
+    return scale[:, None], zero[:, None], exact
 
 
 def padded_groups(weight: torch.Tensor, group_size: int) -> torch.Tensor:

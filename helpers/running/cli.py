@@ -4,6 +4,11 @@
     python -m helpers compress --model smollm2-135m --method sparsegpt --sparsity 0.5 --pattern 2:4 \
         --calibration-samples 128 --calibration-seq-len 2048 --seq-len 1024 --max-windows 16
     python -m helpers context-kl --model smollm2-135m --method rtn --bits 3 --seq-len 8192 --max-windows 8
+    python -m helpers compress --model smollm2-135m --method gptq --bits 4 --group-size 128 --save out/gptq4
+
+`--save DIR` writes the compressed model in the compressed-tensors format (helpers.compression.export),
+which transformers, vLLM and lm-evaluation-harness load; a recipe the format cannot express is refused
+before the model is loaded.
 
 Every compression flag is a key of the variant spec that notebooks write
 (helpers.experiments.core.parse_variant), and every run goes through the same Runner.
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import evaluation_windows
+from ..compression.export import check_exportable, save_compressed
 from ..compression.storage import sparsity_report
 from ..evaluation.metrics import DenseReference, evaluate
 from ..experiments.core import DENSE_LABEL as DENSE
@@ -129,6 +135,11 @@ SPEC_OPTIONS = {
                                                                         "(default: the target)"),
         ("--schedule-normalize-by-size", "schedule_normalize_by_size", bool, "cluster the error per weight"),
     ],
+    "which decoder blocks (helpers.models.selected_blocks)": [
+        ("--blocks", "blocks", "blocks", "compress (and quantize the KV cache of) only these blocks: all (default) | "
+                                         "full_attention | sliding_attention (Gemma-3's global / sliding-window "
+                                         "blocks) | comma-separated indices such as 5,11,17"),
+    ],
     "OBS solver (SparseGPT / GPTQ)": [
         ("--damping", "damping", float, "fraction of mean(diag H) added to the diagonal (default 0.01)"),
         ("--block-size", "block_size", int, "columns per block: mask and lazy updates (default 128)"),
@@ -145,6 +156,8 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
         for flag, key, kind, text in options:
             if kind is bool:
                 group.add_argument(flag, dest=key, action="store_true", default=None, help=text)
+            elif kind == "blocks":
+                group.add_argument(flag, dest=key, type=block_selection, default=None, help=text)
             else:
                 group.add_argument(flag, dest=key, type=kind, default=None, help=text)
     run = parser.add_argument_group("calibration (helpers.data.CalibrationSettings; default: SparseGPT's C4 recipe)")
@@ -155,6 +168,19 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--calibration-seq-len", type=int, default=2048, help="tokens per calibration sequence")
     run.add_argument("--calibration-token-file", default=None,
                      help="saved [samples, tokens] calibration ids instead of sampling a dataset")
+
+
+def block_selection(text: str):
+    """--blocks: a name of helpers.models.BLOCK_SELECTIONS, or comma-separated block indices."""
+    from ..models import BLOCK_SELECTIONS
+
+    if text in BLOCK_SELECTIONS:
+        return text
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--blocks {text!r}: expected one of {BLOCK_SELECTIONS} or comma-separated "
+                                         "block indices such as 5,11,17") from None
 
 
 def compress_spec(args) -> dict:
@@ -218,15 +244,30 @@ class Prepared:
         return f"{c.n_samples} x {c.seq_len} tokens ({c.token_file or c.dataset}, seed {c.seed})"
 
 
+def check_save(args, variant, model=None) -> None:
+    """--save: the folder is new or empty and the variant can be written in the compressed-tensors
+    format (with `model`: its layers too); raises ValueError naming what cannot."""
+    folder = Path(args.save)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ValueError(f"--save {folder}: it exists and is not an empty folder; give a new folder.")
+    check_exportable(variant.recipe, activations=variant.settings.get("activations"),
+                     kv_cache=variant.settings.get("kv_cache"), model=model)
+
+
 def prepare(args, kl: str) -> Prepared:
     """Every check first (settings, files, the recipe against the model's shapes), then the dense pass."""
     from ..compression.compress import check_recipe
 
     variant = compress_variant(args)
     check_eval_settings(args)
+    saving = getattr(args, "save", None) is not None
+    if saving:
+        check_save(args, variant)  # before the model is loaded
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     if variant.recipe is not None:
         check_recipe(model, variant.recipe)  # before the dense reference pass
+    if saving:
+        check_save(args, variant, model)
     windows = evaluation_windows(tokenizer, dataset=args.dataset, seq_len=args.seq_len,
                                  max_windows=args.max_windows, token_file=args.token_file)
     protocol = {**eval_protocol(args), "windows_evaluated": int(windows.shape[0]), "tokens": int(windows.numel()),
@@ -241,8 +282,11 @@ def command_compress(args) -> int:
     run = prepare(args, "KL(dense || compressed) per position, mean over positions and windows")
     variant, progress = run.variant, not args.no_progress
     dense_sparsity = sparsity_report(run.model)["total"]
+    saved = {}
 
     def measure(point):
+        if args.save is not None and point.report is not None and not saved:  # the model is compressed now
+            saved.update(save_compressed(point.model, point.report, args.save, tokenizer=run.tokenizer))
         result = evaluate(point.model, run.windows, run.reference, progress=progress)
         rows = [{"metric": "perplexity", "value": result.perplexity}, {"metric": "mean_kl", "value": result.mean_kl()}]
         if point.report is not None:
@@ -255,6 +299,12 @@ def command_compress(args) -> int:
 
     reports = run.runner(args).run([Variant.dense(), variant],
                                    [Measurement("evaluation", measure, dataset=run.protocol["dataset"])])
+    if args.save is not None and not saved:  # recorded before, so not compressed by the run: compress to save
+        runner = run.runner(args)
+        try:
+            saved.update(save_compressed(run.model, runner.compress(variant), args.save, tokenizer=run.tokenizer))
+        finally:
+            runner.snapshot.restore(run.model)
     frame = latest_frame(run.table, model=args.model, protocol=run.protocol, labels=[DENSE, variant.label])
     value = frame.set_index(["label", "metric"])["value"]
     report = reports.get(variant.label)
@@ -269,6 +319,10 @@ def command_compress(args) -> int:
         print("already recorded with these settings and protocol: printed from the results table")
     elif report is not None and report.warnings:
         print(f"{len(report.warnings)} warnings, e.g.: {report.warnings[0]}")
+    if saved:
+        print(f"saved ({saved['format']}) in {saved['directory']}: {saved['bytes']:,} bytes of safetensors; decoder "
+              f"linears {saved['measured_bits_per_weight']:.2f} bits/weight on disk vs {saved['bits_per_weight']:.2f} "
+              "counted by the storage model")
     print(f"recorded in {run.table.path}")
     return 0
 
@@ -325,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(compression)
     add_eval_arguments(compression)
     add_compress_arguments(compression)
+    export = compression.add_argument_group("export (helpers.compression.export)")
+    export.add_argument("--save", default=None, metavar="DIR",
+                        help="write the compressed model to this new folder in the compressed-tensors format "
+                             "(packed integer weights; loads with transformers and vLLM); unrepresentable recipes "
+                             "(protected groups, act-order with dynamic groups, activation / KV quantization) are "
+                             "refused before any work")
     compression.set_defaults(func=command_compress)
     context = sub.add_parser("context-kl", help="KL(dense || compressed) per context length (notebook 01)",
                              description=PROTOCOL + " --seq-len is the longest context measured; the mean KL at "
