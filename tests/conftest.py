@@ -35,3 +35,14 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def cli_token_flags(folder, *, calibration: int, windows: int) -> list[str]:
+    """Command-line flags that point `python -m helpers` at saved random token files in `folder`
+    (calibration sequences and evaluation windows of 64 tokens), so CLI tests read no dataset."""
+    torch.save(torch.randint(0, 256, (calibration, 64), generator=torch.Generator().manual_seed(7)),
+               folder / "calibration.pt")
+    torch.save(torch.randint(0, 256, (windows * 64,), generator=torch.Generator().manual_seed(8)), folder / "eval.pt")
+    return ["--token-file", str(folder / "eval.pt"), "--seq-len", "64", "--calibration-token-file",
+            str(folder / "calibration.pt"), "--calibration-samples", str(calibration), "--calibration-seq-len", "64",
+            "--no-progress"]

@@ -3,6 +3,8 @@ recipe equals the one the API builds), and a tiny-model run of each subcommand r
 import json
 
 import pytest
+
+from conftest import cli_token_flags
 import torch
 
 from helpers.compression.compress import Recipe
@@ -91,11 +93,7 @@ def records(path):
 
 @pytest.fixture()
 def tokens(tmp_path):
-    torch.save(torch.randint(0, 256, (6, 64), generator=torch.Generator().manual_seed(7)), tmp_path / "calibration.pt")
-    torch.save(torch.randint(0, 256, (4 * 64,), generator=torch.Generator().manual_seed(8)), tmp_path / "eval.pt")
-    return ["--token-file", str(tmp_path / "eval.pt"), "--seq-len", "64", "--calibration-token-file",
-            str(tmp_path / "calibration.pt"), "--calibration-samples", "6", "--calibration-seq-len", "64",
-            "--no-progress"]
+    return cli_token_flags(tmp_path, calibration=6, windows=4)
 
 
 def test_eval_records_perplexity(tmp_path, tokens, capsys):

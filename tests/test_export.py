@@ -6,6 +6,8 @@ written."""
 import json
 
 import pytest
+
+from conftest import cli_token_flags
 import torch
 
 from helpers.compression.compress import Recipe, compress_model
@@ -236,11 +238,7 @@ def test_a_model_that_no_longer_holds_its_report_is_refused(tmp_path):
 # --------------------------------------------------------------------------- the command line
 @pytest.fixture()
 def tokens(tmp_path):
-    torch.save(torch.randint(0, 256, (4, 64), generator=torch.Generator().manual_seed(7)), tmp_path / "calibration.pt")
-    torch.save(torch.randint(0, 256, (2 * 64,), generator=torch.Generator().manual_seed(8)), tmp_path / "eval.pt")
-    return ["--token-file", str(tmp_path / "eval.pt"), "--seq-len", "64", "--calibration-token-file",
-            str(tmp_path / "calibration.pt"), "--calibration-samples", "4", "--calibration-seq-len", "64",
-            "--no-progress", "--results", str(tmp_path / "r.jsonl")]
+    return cli_token_flags(tmp_path, calibration=4, windows=2) + ["--results", str(tmp_path / "r.jsonl")]
 
 
 def test_compress_save_writes_a_folder_that_loads_even_when_the_run_was_recorded(tmp_path, tokens, capsys):
