@@ -99,6 +99,10 @@ def test_window_growth_recovers_linear_and_flat_errors():
     assert np.allclose(fl.slope_per_1k, 0.0, atol=1e-9) and np.allclose(fl.growth, 1.0)
     # mean of c t over t < 1024 over the mean over t < 4: (1024 + 1) / (4 + 1)
     assert np.allclose(lin.growth, 1025 / 5)
+    late = window_growth(pd.concat([p[0] for p in parts]), pd.concat([p[1] for p in parts]), base_context=128)
+    assert np.allclose(late[late.label == "linear"].growth, 1025 / 129)
+    with pytest.raises(ValueError, match="base_context=100 is not a measured context"):
+        window_growth(parts[0][0], parts[0][1], base_context=100)
 
 
 def test_interval_summary_ratios_on_the_log_scale():

@@ -161,12 +161,12 @@ def summarize_windows(frame, by: Sequence[str], value: str = "value", *, confide
     return pd.DataFrame(rows)
 
 
-def window_growth(kl_context, kl_bins, *, first_position: int = 16):
+def window_growth(kl_context, kl_bins, *, first_position: int = 16, base_context: int | None = None):
     """Growth with context, per (label, window): the independent unit for intervals and pairing.
 
     kl_context / kl_bins: the `kl_context` and `kl_bin` rows of `variant_records` (columns label,
     window, value and context / position_start, position_stop). Returns one row per label and window:
-      growth        mean KL at the longest context / mean KL at the shortest;
+      growth        mean KL at the longest context / mean KL at `base_context` (default: the shortest);
       log_slope     slope of log KL against log position over the bins from 1-based position
                     `first_position` on (0 flat, 1 linear in position);
       slope_per_1k  least-squares slope of KL against position over the same positions, nats per
@@ -177,6 +177,11 @@ def window_growth(kl_context, kl_bins, *, first_position: int = 16):
 
     rows = []
     shortest, longest = kl_context.context.min(), kl_context.context.max()
+    if base_context is not None:
+        if base_context not in set(kl_context.context):
+            raise ValueError(f"base_context={base_context} is not a measured context; measured: "
+                             f"{sorted(set(kl_context.context))}.")
+        shortest = base_context
     contexts = kl_context.set_index(["label", "window", "context"])["value"]
     for (label, window), bins in kl_bins.groupby(["label", "window"], sort=False):
         bins = bins[bins.position_start + 1 >= first_position].sort_values("position_start")
