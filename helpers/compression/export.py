@@ -48,7 +48,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ..models import compressed_linears, linear_weight
+from ..models import compressed_linears, linear_weight, normalize_blocks
 from ..results import plain
 from .pruning import Pattern
 from .quantizer import QuantSettings, max_level, padded_groups, recover_grid
@@ -128,8 +128,8 @@ def check_exportable(recipe, *, activations: Mapping | None = None, kv_cache: Ma
 
 
 def _blocks(recipe):
-    blocks = recipe.get("blocks", "all") if isinstance(recipe, Mapping) else getattr(recipe, "blocks", "all")
-    return blocks if isinstance(blocks, str) else tuple(blocks)
+    """The recipe's block selection (a Recipe or a report's recipe dict, where it is a list)."""
+    return normalize_blocks(recipe.get("blocks", "all") if isinstance(recipe, Mapping) else recipe.blocks)
 
 
 def written_group_size(quant: QuantSettings, widths) -> int | None:
