@@ -3,7 +3,7 @@ import math
 import torch
 
 from helpers.evaluation.metrics import (DenseReference, evaluate, final_hidden, kl_from_hidden, kl_unchunked,
-                             log_probs, token_nll)
+                             log_probs, nll_and_kl, token_nll)
 from helpers.compression.storage import sparsity_report
 from helpers.compression.stats import HessianCollector, InputNormCollector
 
@@ -37,6 +37,18 @@ def test_chunked_nll_matches_cross_entropy(tiny_llama, tokens):
     hidden = final_hidden(model, window[None])[0]
     for chunk in (3, 7, 64):
         torch.testing.assert_close(token_nll(model, hidden, window, chunk=chunk), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_nll_and_kl_equal_the_separate_passes(tiny_llama, tokens):
+    model, _ = tiny_llama
+    window = tokens[0]
+    dense_hidden = final_hidden(model, window[None])[0]
+    hidden = dense_hidden + 0.3 * torch.randn_like(dense_hidden)
+    for chunk in (1, 3, window.numel() - 1, window.numel(), 1000):  # chunk edges at and around the last position
+        nll, kl = nll_and_kl(model, dense_hidden, hidden, window, chunk=chunk)
+        assert nll.shape == (window.numel() - 1,) and kl.shape == (window.numel(),)
+        torch.testing.assert_close(nll, token_nll(model, hidden, window, chunk=7), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(kl, kl_from_hidden(model, dense_hidden, hidden, chunk=7), rtol=1e-5, atol=1e-6)
 
 
 def test_perplexity_of_uniform_model_is_vocab_size(tiny_llama, tokens):

@@ -78,6 +78,20 @@ def test_levels_recover_separable_groups(method):
     assert cluster_levels(values, 3, method) == truth
 
 
+def test_decades_put_each_power_of_ten_on_its_own_level():
+    values = [-5.9, -5.1, -3.5, -3.0, -2.99, 0.2]  # decades -6, -6, -4, -3, -3, 0: four occupied
+    assert cluster_levels(values, 1, "decades") == [0, 0, 1, 2, 2, 3]
+    sizes = {f"model.layers.{i}.mlp.up_proj": 1000 for i in range(6)}
+    errors = dict(zip(sizes, (10.0 ** v for v in values)))
+    schedule = hessian_schedule(errors, sizes, 0.6, HessianSchedulerSettings(clustering="decades", spread=0.1))
+    assert abs(schedule.mean - 0.6) < 1e-7
+    names = list(sizes)  # lowest decade pruned most, highest least, equal decades equal
+    assert schedule.sparsity[names[0]] == schedule.sparsity[names[1]] > schedule.sparsity[names[2]]
+    assert schedule.sparsity[names[3]] == schedule.sparsity[names[4]] > schedule.sparsity[names[5]]
+    with pytest.raises(ValueError, match="clustering"):
+        HessianSchedulerSettings(clustering="quantiles")
+
+
 def test_hessian_schedule_gives_higher_error_lower_sparsity():
     sizes = {f"model.layers.{i}.mlp.up_proj": 1000 for i in range(8)}
     errors = {n: 10.0 ** (i % 4) for i, n in enumerate(sizes)}  # four clean levels

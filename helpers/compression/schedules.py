@@ -17,7 +17,8 @@ The Hessian scheduler (a reconstruction: the paper's code is not public):
    E_l = 1/2 * sum over the weights SparseGPT's first-pass mask prunes of w^2 / U_qq^2, with U the
    upper Cholesky factor of the damped H^-1 and the mask the lowest w^2 / U_qq^2 pooled over each
    block of 128 columns (no weight updates: the mask is chosen on the dense weights).
-3. log10(E_l) (optionally of E_l / n_l) is clustered into K levels (1-D k-means or equal-width bins);
+3. log10(E_l) (optionally of E_l / n_l) is clustered into K levels (1-D k-means or equal-width bins,
+   or one level per occupied decade: floor(log10 E_l));
    level k (0 = lowest error) gets the raw sparsity target + spread - 2 * spread * k / (K - 1): the
    layers with the largest estimated error are pruned least. Then the shift is solved with bounds
    [target - spread, target + spread].
@@ -254,8 +255,13 @@ def kmeans_1d(values: Sequence[float], clusters: int, iterations: int = 100) -> 
     return rank[labels].tolist()
 
 
+CLUSTERINGS = ("kmeans", "binning", "decades")
+
+
 def cluster_levels(values: Sequence[float], levels: int, method: str = "kmeans") -> list[int]:
-    """Levels 0..levels-1 of 1-D values (0 = lowest): k-means, or equal-width bins between min and max."""
+    """Levels of 1-D log10 values (0 = lowest): k-means into `levels` clusters, `levels` equal-width bins
+    between min and max, or "decades": one level per occupied power of ten (floor(value) - floor(min),
+    renumbered so the occupied decades are 0, 1, ... in order; `levels` is not used)."""
     if levels < 1:
         raise ValueError(f"levels={levels!r}; expected a positive number of clusters.")
     if method == "kmeans":
@@ -264,22 +270,26 @@ def cluster_levels(values: Sequence[float], levels: int, method: str = "kmeans")
         low, high = min(values), max(values)
         width = (high - low) / levels
         return [min(int((v - low) / width), levels - 1) if width > 0 else 0 for v in values]
-    raise ValueError(f"clustering method {method!r}; expected 'kmeans' or 'binning'.")
+    if method == "decades":
+        decades = [math.floor(v) for v in values]
+        rank = {d: k for k, d in enumerate(sorted(set(decades)))}
+        return [rank[d] for d in decades]
+    raise ValueError(f"clustering method {method!r}; expected one of {CLUSTERINGS}.")
 
 
 @dataclass(frozen=True)
 class HessianSchedulerSettings:
     spread: float = 0.08                # delta: sparsities lie in [target - delta, target + delta]
     levels: int = 4                     # K clusters of log10(error)
-    clustering: str = "kmeans"          # kmeans | binning (equal-width bins of log10 error)
+    clustering: str = "kmeans"          # kmeans | binning (equal-width bins) | decades (floor of log10 error)
     probe_sparsity: float | None = None  # sparsity of the mask the error is estimated at (None: the target)
     normalize_by_size: bool = False     # cluster log10(E_l / n_l) instead of log10(E_l)
     damping: float = 0.01
     block_size: int = 128
 
     def __post_init__(self):
-        if not 0 <= self.spread < 1 or self.levels < 1 or self.clustering not in ("kmeans", "binning"):
-            raise ValueError(f"{self!r}: expected 0 <= spread < 1, levels >= 1, clustering 'kmeans' or 'binning'.")
+        if not 0 <= self.spread < 1 or self.levels < 1 or self.clustering not in CLUSTERINGS:
+            raise ValueError(f"{self!r}: expected 0 <= spread < 1, levels >= 1, clustering one of {CLUSTERINGS}.")
         if self.probe_sparsity is not None and not 0 < self.probe_sparsity < 1:
             raise ValueError(f"probe_sparsity={self.probe_sparsity!r}; expected a fraction in (0, 1) or None.")
 
@@ -310,7 +320,8 @@ def hessian_schedule(errors: Mapping[str, float], sizes: Mapping[str, int], targ
     scaled = {n: max(errors[n], tiny) / (sizes[n] if settings.normalize_by_size else 1) for n in names}
     logs = [math.log10(scaled[n]) for n in names]
     levels = cluster_levels(logs, settings.levels, settings.clustering)
-    top = max(settings.levels - 1, 1)
+    # k-means / bins: K levels span the spread; decades: as many levels as occupied decades
+    top = max((max(levels) if settings.clustering == "decades" else settings.levels - 1), 1)
     preferences = {n: target + settings.spread - 2 * settings.spread * level / top for n, level in zip(names, levels)}
     minimum, maximum = _bounds(target, settings.spread)
     sparsity = solve_shift(preferences, sizes, target, minimum, maximum)

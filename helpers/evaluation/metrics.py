@@ -89,6 +89,26 @@ def kl_from_hidden(model: nn.Module, dense_hidden: torch.Tensor, other_hidden: t
     return torch.cat(out)
 
 
+@torch.no_grad()
+def nll_and_kl(model: nn.Module, dense_hidden: torch.Tensor, hidden: torch.Tensor, input_ids: torch.Tensor,
+               chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """token_nll and kl_from_hidden of one window in one pass over the head: each chunk's compressed
+    log-probabilities are computed once and serve both (the head is ~1/3 of a small model's evaluation)."""
+    chunk = head_chunk(model.config.vocab_size, chunk)
+    targets = input_ids.to(hidden.device)[1:]
+    nll, kl = [], []
+    for start in range(0, hidden.shape[0], chunk):
+        stop = min(start + chunk, hidden.shape[0])
+        log_q = log_probs(model, hidden[start:stop])
+        log_p = log_probs(model, dense_hidden[start:stop])
+        kl.append((log_p.exp() * (log_p - log_q)).sum(-1).clamp_min_(0).cpu())
+        last = min(stop, hidden.shape[0] - 1)  # the final position has no next token
+        if last > start:
+            picked = log_q[: last - start].gather(-1, targets[start:last, None].to(log_q.device))
+            nll.append(-picked.squeeze(-1).cpu())
+    return torch.cat(nll), torch.cat(kl)
+
+
 def kl_unchunked(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
     """Reference KL(p || q) per position from full logits; used by tests and benchmarks only."""
     log_p, log_q = F.log_softmax(logits_p.float(), -1), F.log_softmax(logits_q.float(), -1)
@@ -137,9 +157,12 @@ def evaluate(model: nn.Module, windows: torch.Tensor, reference: DenseReference 
     nll, kl = [], []
     for index, window in enumerate(tqdm(windows, desc="evaluate", disable=not progress)):
         hidden = final_hidden(model, window[None])[0]
-        nll.append(token_nll(model, hidden, window, chunk))
-        if reference is not None:
-            kl.append(kl_from_hidden(model, reference.hidden[index].to(hidden.device), hidden, chunk))
+        if reference is None:
+            nll.append(token_nll(model, hidden, window, chunk))
+            continue
+        window_nll, window_kl = nll_and_kl(model, reference.hidden[index].to(hidden.device), hidden, window, chunk)
+        nll.append(window_nll)
+        kl.append(window_kl)
     return WindowResult(nll=torch.stack(nll), kl=torch.stack(kl) if kl else None)
 
 

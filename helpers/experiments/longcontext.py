@@ -26,6 +26,7 @@ import torch
 
 from ..evaluation.metrics import DenseReference, evaluate
 from .core import Measurement, Point, Variant
+from .uncertainty import INTERVALS, bootstrap_interval, interval_name, standard_error, t_interval  # noqa: F401 (re-exported)
 
 
 # --------------------------------------------------------------------------- positions and contexts
@@ -92,52 +93,7 @@ def context_kl(kl: torch.Tensor, contexts: Iterable[int]) -> torch.Tensor:
     return torch.stack([kl[..., :c].double().mean(-1) for c in contexts], dim=-1)
 
 
-# --------------------------------------------------------------------------- uncertainty across windows
-def standard_error(values: Sequence[float]) -> float:
-    """Standard error of the mean (sample std / sqrt(n)); nan for fewer than two values."""
-    values = np.asarray(values, dtype=float)
-    if values.size < 2:
-        return float("nan")
-    return float(values.std(ddof=1) / math.sqrt(values.size))
-
-
-def bootstrap_interval(values: Sequence[float], *, confidence: float = 0.95, resamples: int = 2000,
-                       seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values` (windows are the resampled unit)."""
-    values = np.asarray(values, dtype=float)
-    if values.size == 0:
-        raise ValueError("bootstrap_interval needs at least one value.")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence={confidence}; expected a fraction such as 0.95.")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(resamples, values.size))].mean(axis=1)
-    tail = (1 - confidence) / 2
-    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
-
-
-def t_interval(values: Sequence[float], *, confidence: float = 0.95) -> tuple[float, float]:
-    """Student-t interval of the mean of `values` (the windows are the independent unit); (nan, nan)
-    for fewer than two values."""
-    from scipy import stats
-
-    values = np.asarray(values, dtype=float)
-    if values.size < 2:
-        return float("nan"), float("nan")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence={confidence}; expected a fraction such as 0.95.")
-    half = stats.t.ppf((1 + confidence) / 2, values.size - 1) * standard_error(values)
-    return float(values.mean() - half), float(values.mean() + half)
-
-
-INTERVALS = ("t", "bootstrap")
-
-
-def interval_name(kind: str, n: int, confidence: float = 0.95) -> str:
-    """What an interval is, for legends and tables: e.g. '95% t-interval over 8 windows'."""
-    what = {"t": "t-interval", "bootstrap": "percentile bootstrap"}[kind]
-    return f"{confidence:.0%} {what} over {n} windows"
-
-
+# --------------------------------------------------------------------------- summaries across windows
 def summarize_windows(frame, by: Sequence[str], value: str = "value", *, confidence: float = 0.95,
                       interval: str = "t", seed: int = 0):
     """Per group: mean over windows, standard error, an interval of the mean (`interval`: 't', a

@@ -129,7 +129,7 @@ SPEC_OPTIONS = {
         ("--owl-multiplier", "owl_multiplier", float, "OWL's M: outlier if score > M x mean (default 5)"),
         ("--owl-spread", "owl_spread", float, "OWL's lambda (default 0.08)"),
         ("--schedule-levels", "schedule_levels", int, "Hessian scheduler: clusters of log10 error (default 4)"),
-        ("--schedule-clustering", "schedule_clustering", str, "Hessian scheduler: kmeans (default) | binning"),
+        ("--schedule-clustering", "schedule_clustering", str, "Hessian scheduler: kmeans (default) | binning | decades"),
         ("--schedule-spread", "schedule_spread", float, "Hessian scheduler: sparsities within target +- spread"),
         ("--schedule-probe-sparsity", "schedule_probe_sparsity", float, "sparsity the layer errors are estimated at "
                                                                         "(default: the target)"),
