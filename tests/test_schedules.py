@@ -92,6 +92,19 @@ def test_decades_put_each_power_of_ten_on_its_own_level():
         HessianSchedulerSettings(clustering="quantiles")
 
 
+def test_scheduler_overrides_from_labels():
+    from helpers.compression.schedules import scheduler_overrides
+
+    assert scheduler_overrides("levels 8") == scheduler_overrides("levels=8") == {"levels": 8}
+    assert scheduler_overrides("decades") == {"clustering": "decades"}
+    assert scheduler_overrides("per weight") == {"normalize_by_size": True}
+    assert scheduler_overrides("probe 0.5") == {"probe_sparsity": 0.5}
+    assert scheduler_overrides("spread=0.04") == {"spread": 0.04}
+    for bad in ("levels=two", "probe=1.5", "depth=3", "levels="):
+        with pytest.raises(ValueError, match="scheduler ablation|probe_sparsity"):
+            scheduler_overrides(bad)
+
+
 def test_hessian_schedule_gives_higher_error_lower_sparsity():
     sizes = {f"model.layers.{i}.mlp.up_proj": 1000 for i in range(8)}
     errors = {n: 10.0 ** (i % 4) for i, n in enumerate(sizes)}  # four clean levels

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from helpers.experiments.uncertainty import crossed_bootstrap, interval_name, paired_bootstrap
+from helpers.evaluation.uncertainty import crossed_bootstrap, interval_name, paired_bootstrap
 
 
 def test_paired_bootstrap_cancels_what_the_units_share():
@@ -46,6 +46,8 @@ def test_crossed_bootstrap_ratio_and_bad_input():
     result = crossed_bootstrap(1.5 * b, b, ratio=True)
     assert result["estimate"] == pytest.approx(1.5) and result["low"] == pytest.approx(1.5)
     assert result["seeds_above"] == 2
+    alone = crossed_bootstrap(b)  # without b: the mean of a itself
+    assert alone["estimate"] == pytest.approx(b.mean()) and alone["low"] < b.mean() < alone["high"]
     with pytest.raises(ValueError, match="seeds, windows"):
         crossed_bootstrap(b, b[:, :5])
     with pytest.raises(ValueError, match="missing"):

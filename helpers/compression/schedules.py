@@ -294,6 +294,30 @@ class HessianSchedulerSettings:
             raise ValueError(f"probe_sparsity={self.probe_sparsity!r}; expected a fraction in (0, 1) or None.")
 
 
+def scheduler_overrides(label: str) -> dict:
+    """HessianSchedulerSettings fields from a short label (notebook and CLI ablations): "levels K",
+    "kmeans" | "binning" | "decades", "per weight" (cluster E_l / n_l), "probe p", "spread d" ("=" may
+    stand for the space)."""
+    text = label.strip()
+    if text in CLUSTERINGS:
+        return {"clustering": text}
+    if text == "per weight":
+        return {"normalize_by_size": True}
+    name, _, value = text.replace("=", " ").partition(" ")
+    value = value.strip()
+    fields = {"levels": ("levels", int), "probe": ("probe_sparsity", float), "spread": ("spread", float)}
+    if name not in fields or not value:
+        raise ValueError(f"scheduler ablation {label!r}; expected 'levels K', one of {CLUSTERINGS}, 'per weight', "
+                         "'probe p' or 'spread d'.")
+    field_name, kind = fields[name]
+    try:
+        overrides = {field_name: kind(value)}
+    except ValueError:
+        raise ValueError(f"scheduler ablation {label!r}: {value!r} is not a valid {name}.") from None
+    HessianSchedulerSettings(**overrides)  # raises on values out of range
+    return overrides
+
+
 def layer_errors(model: nn.Module, hessians: Mapping[str, torch.Tensor], probe_sparsity: float, *,
                  damping: float = 0.01, block_size: int = 128) -> dict[str, float]:
     """pruning_error_estimate of every compressed linear at `probe_sparsity`, from stored Hessians.

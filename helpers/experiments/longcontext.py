@@ -26,7 +26,7 @@ import torch
 
 from ..evaluation.metrics import DenseReference, evaluate
 from .core import Measurement, Point, Variant
-from .uncertainty import INTERVALS, bootstrap_interval, interval_name, standard_error, t_interval  # noqa: F401 (re-exported)
+from ..evaluation.uncertainty import INTERVALS, bootstrap_interval, interval_name, standard_error, t_interval  # noqa: F401 (re-exported)
 
 
 # --------------------------------------------------------------------------- positions and contexts

@@ -7,8 +7,9 @@
 Profiles:
 - `tiny`: a random-weight tiny model and very short contexts; checks that the code runs (CI).
 - `cpu`: each notebook's own defaults (its `parameters` cell); the committed outputs and figures.
-- `long`: a second committed run at a longer context on another offline model (notebook 01: Gemma-3-270M
-  at 16K tokens); only notebooks with a `long` entry run. With `--inplace` its figures (named with
+- `long`: a second committed run on another offline model, beyond the cpu budget (notebook 01:
+  Gemma-3-270M at 16K tokens; notebook 04: Gemma-3-270M, the main comparison at one sparsity); only
+  notebooks with a `long` entry run. With `--inplace` its figures (named with
   the run's suffix) go to figures/, its results to results/ and its executed copy to
   `notebooks/runs/<name>.long.ipynb`; the committed notebook keeps the cpu run.
 - `paper`: the paper-scale settings, a hub model on cuda (needs a network or a local copy).
@@ -60,15 +61,23 @@ PROFILES: dict[str, dict[str, dict]] = {
     },
     "04_hessian_scheduler": {
         "tiny": {"model": "tiny-llama", "calibration_count": 4, "calibration_seq_len": 32, "eval_seq_len": 64,
-                 "max_windows": 2, "sparsities": [0.5, 0.8], "quant_sparsities": [0.8], "ablation_sparsity": 0.8,
-                 "ablation_levels": [2], "ablation_probe_sparsities": [0.5], "sequential_sparsities": [0.8],
-                 "pruned_ablations": "all", "wikitext_prune": True},
+                 "max_windows": 3, "seeds": [0, 1], "sparsities": [0.5, 0.7], "quant_bits": [4, 3],
+                 "quant_sparsities": [0.7], "quant_seeds": {4: [0, 1], 3: [0]}, "dense_hessian_sparsities": [0.7],
+                 "ablation_sparsity": 0.5, "ablations": ["levels 2", "decades", "per weight"],
+                 "pruned_ablations": ["decades"]},
+        # cpu: the notebook's defaults (SmolLM2, 3 seeds x 64 windows of 512 tokens)
         "cpu": {},
+        # the second architecture: Gemma-3-270M, the main comparison at one working sparsity, one seed, fewer
+        # windows (its 262K-entry output head makes an evaluation ~5x the cost of SmolLM2's)
+        "long": {"model": "gemma3-270m", "seeds": [0], "sparsities": [0.5], "quant_bits": [], "quant_sparsities": [],
+                 "quant_seeds": {}, "dense_hessian_sparsities": [], "baseline_bits": None, "ablation_sparsity": 0.5,
+                 "ablations": [], "pruned_ablations": [], "wikitext_check": False, "max_windows": 32,
+                 "run_name": "gemma3", "results_path": "../results/hessian_scheduler_gemma3.jsonl"},
         "paper": {"model": "facebook/opt-1.3b", "dtype": "float16", "device": "cuda", "threads": 8,
                   "calibration_count": 128, "calibration_seq_len": 2048, "eval_seq_len": 2048, "max_windows": None,
-                  "sparsities": [0.5, 0.6, 0.7, 0.8], "quant_sparsities": [0.5, 0.6, 0.7, 0.8],
-                  "ablation_sparsity": 0.7, "ablation_levels": [2, 3, 8], "ablation_probe_sparsities": [0.5, 0.8],
-                  "pruned_ablations": "all", "wikitext_prune": True, "sequential_sparsities": [0.5, 0.6, 0.7, 0.8]},
+                  "seeds": [0, 1, 2], "sparsities": [0.5, 0.6, 0.7, 0.8], "quant_sparsities": [0.7, 0.8],
+                  "quant_seeds": {4: [0, 1, 2], 3: [0, 1, 2]}, "dense_hessian_sparsities": [0.7, 0.8],
+                  "ablation_sparsity": 0.7, "pruned_ablations": "all"},
     },
     "03_llm_kick": {
         "tiny": {"model": "tiny-llama", "eval_seq_len": 32, "eval_windows": 2, "pruning_methods": ["magnitude"],
@@ -363,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m helpers.running.reproduce", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", choices=PROFILE_NAMES, default="cpu",
                         help="tiny: seconds, random tiny model; cpu: the notebooks' defaults; long: a second "
-                             "model at a longer context (notebook 01); paper: GPU scale")
+                             "offline model (01: 16K context; 04: Gemma-3-270M); paper: GPU scale")
     parser.add_argument("--only", action="append", metavar="NAME",
                         help="run only this notebook (name or prefix such as 02); repeatable")
     parser.add_argument("--redo", action="store_true", help="run notebooks even when their outputs are up to date")

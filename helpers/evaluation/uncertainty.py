@@ -94,17 +94,20 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, ratio: bool = Fa
             "interval": interval_name("paired", a.size, confidence, "units")}
 
 
-def crossed_bootstrap(a, b, *, ratio: bool = False, confidence: float = 0.95, resamples: int = 4000,
+def crossed_bootstrap(a, b=None, *, ratio: bool = False, confidence: float = 0.95, resamples: int = 4000,
                       seed: int = 0, units: tuple[str, str] = ("seeds", "windows")) -> dict:
     """Paired bootstrap over two crossed factors: a[s, w] and b[s, w] are one measurement per (seed,
     window); each resample draws seeds and windows independently with replacement (the same draw for a
     and b) and takes mean(a) - mean(b) (or mean(a) / mean(b)) over the drawn cells. The interval so
     carries both the calibration-seed and the evaluation-window variation; with one seed it is a
-    paired bootstrap over windows.
+    paired bootstrap over windows. Without `b`: the interval of mean(a) itself.
 
     Returns estimate, low, high, seeds, windows, the share of seeds whose own estimate is above zero
     (ratio: above 1) and `interval` (its name)."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if b is None and ratio:
+        raise ValueError("crossed_bootstrap: ratio=True needs b, the variant a is compared with.")
+    a = np.asarray(a, dtype=float)
+    b = np.zeros_like(a) if b is None else np.asarray(b, dtype=float)
     if a.shape != b.shape or a.ndim != 2 or 0 in a.shape:
         raise ValueError(f"crossed_bootstrap needs two [seeds, windows] arrays of one shape; got {a.shape} and "
                          f"{b.shape}.")
