@@ -106,3 +106,39 @@ def test_task_settings_are_checked():
         KickTask("x", "nope", 2)
     with pytest.raises(ValueError, match="positive count"):
         KickTask("x", "mmlu", 0)
+
+
+def test_example_scores_follow_the_primary_aggregate():
+    from helpers.experiments.kick import example_field, example_scores
+
+    records = [{"index": 1, "contains": True, "exact": False}, {"index": 0, "contains": False, "exact": False}]
+    assert example_scores("retrieval_qa", "contains", records) == [0.0, 1.0]  # index order
+    assert example_field("mmlu", "cloze_micro_accuracy") == "cloze_correct"
+    with pytest.raises(ValueError, match="per-example"):
+        example_field("summarization", "rouge/rougeL")
+
+
+def test_score_summary_intervals_and_the_floor():
+    from helpers.experiments.kick import score_summary
+
+    floor = score_summary([0.0] * 300)
+    assert floor["score"] == 0 and floor["at_floor"] and floor["low"] == pytest.approx(0, abs=1e-12) and 0 < floor["high"] < 0.02
+    clear = score_summary([1.0] * 60 + [0.0] * 240)  # 20% of 300, far above a chance of 0
+    assert not clear["at_floor"] and clear["low"] < 0.2 < clear["high"] and clear["high"] - clear["low"] < 0.1
+    near_chance = score_summary([1.0] * 27 + [0.0] * 73, chance=0.25)  # 27% of 100 vs 25%: within 2 SE
+    assert near_chance["at_floor"] and near_chance["n"] == 100
+    assert "Wilson interval over 100 examples" in near_chance["interval"]
+
+
+def test_paired_score_difference_uses_the_same_examples():
+    from helpers.experiments.kick import paired_score_difference
+
+    dense = [{"index": i, "hit": i % 2 == 0} for i in range(40)]
+    same = [dict(r) for r in dense]
+    lost = [{"index": i, "hit": False} for i in range(40)]
+    assert paired_score_difference("factoid", "accuracy", dense, same)["estimate"] == 0.0
+    assert paired_score_difference("factoid", "accuracy", dense, same)["high"] == 0.0  # nothing differs: no width
+    result = paired_score_difference("factoid", "accuracy", dense, lost)
+    assert result["estimate"] == pytest.approx(-0.5) and result["high"] < 0 and result["n"] == 40
+    with pytest.raises(ValueError, match="different examples"):
+        paired_score_difference("factoid", "accuracy", dense, lost[:10])

@@ -96,3 +96,49 @@ def test_bad_arguments_are_named(task, tmp_path):
         LMEvalSettings(limit=0)
     with pytest.raises(ValueError, match="no rows"):
         write_local_task(tmp_path, "empty", [], doc_to_text="x", doc_to_choice=["a"], doc_to_target=0)
+
+
+def _lm_eval_mmlu_templates():
+    """lm-eval's own MMLU templates, read from the installed package (letters and continuation forms)."""
+    from pathlib import Path
+
+    import lm_eval
+    import yaml
+
+    root = Path(lm_eval.__file__).parent / "tasks" / "mmlu"
+    read = lambda path: yaml.safe_load((root / path).read_text())  # noqa: E731
+    return (read("default/_default_template_yaml"), read("default/mmlu_anatomy.yaml")["description"],
+            read("continuation/_continuation_template_yaml"), read("continuation/mmlu_anatomy.yaml")["description"])
+
+
+@needs_lm_eval
+def test_mmlu_letter_and_cloze_scorings_choose_as_lm_eval_does_on_the_same_rows(tmp_path):
+    from helpers.evaluation.tasks.mmlu import MMLUSettings, evaluate_mmlu
+
+    letters, description, cloze, cloze_description = _lm_eval_mmlu_templates()
+    texts = ["a skull", "the long femur bone", "rib", "an unusually small stapes of the ear"]
+    rows = [{"subject": "anatomy", "question": f"  Which bone is number {i}?\n ", "answer": i % 4,
+             "choices": texts[i % 4:] + texts[:i % 4]} for i in range(6)]  # surrounding whitespace: lm-eval strips it
+    folder = tmp_path / "tasks"
+    write_local_task(folder, "mmlu_letters", rows, doc_to_text=letters["doc_to_text"],
+                     doc_to_choice=letters["doc_to_choice"], doc_to_target="answer", description=description)
+    write_local_task(folder, "mmlu_cloze", rows, doc_to_text=cloze["doc_to_text"], doc_to_choice=cloze["doc_to_choice"],
+                     doc_to_target=cloze["doc_to_target"], description=cloze_description, metrics=("acc", "acc_norm"))
+    model, _ = load_model("tiny-llama", layers=2, seed=3)
+    tokenizer = byte_tokenizer()
+    out = evaluate_lm_eval(model, ["mmlu_letters", "mmlu_cloze"], tokenizer=tokenizer, include_path=folder)
+    ours = evaluate_mmlu(model, tokenizer, [{**r, "answer": "ABCD"[r["answer"]]} for r in rows],
+                         MMLUSettings(shots=0, scorings=("loglik", "cloze"), progress=False), dev_examples=[]).records
+    for sample in out["samples"]["mmlu_letters"]:
+        record, lls = ours[sample["doc_id"]], [response[0][0] for response in sample["resps"]]
+        assert sample["arguments"][0][0] == record["model_input"]  # the same rendered prompt, byte for byte
+        assert [record["loglik"][letter] for letter in "ABCD"] == pytest.approx(lls, abs=1e-4)
+        assert record["loglik_prediction"] == "ABCD"[max(range(4), key=lambda i: lls[i])]
+    for sample in out["samples"]["mmlu_cloze"]:
+        record, lls = ours[sample["doc_id"]], [response[0][0] for response in sample["resps"]]
+        assert sample["arguments"][0][0] == record["cloze_prompt"]
+        assert [record["cloze_loglik"][letter] for letter in "ABCD"] == pytest.approx(lls, abs=1e-4)
+        choices = sample["doc"]["choices"]
+        assert record["cloze_prediction"] == "ABCD"[max(range(4), key=lambda i: lls[i] / len(choices[i]))]
+    accuracy = sum(r["cloze_correct"] for r in ours) / len(ours)
+    assert out["results"]["mmlu_cloze"]["acc_norm,none"] == pytest.approx(accuracy)

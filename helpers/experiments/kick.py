@@ -135,6 +135,79 @@ def above_chance(score: float, dense_score: float, chance: float) -> float:
     return (score - chance) / (dense_score - chance)
 
 
+# --------------------------------------------------------------------------- per-example scores and intervals
+# per task kind: primary aggregate -> the per-example record field it is the mean of
+EXAMPLE_FIELDS = {"factoid": {"accuracy": "hit"}, "kv_retrieval": {"accuracy": "hit"},
+                  "retrieval_qa": {"contains": "contains", "exact_match": "exact"}}
+
+
+def example_field(kind: str, primary: str) -> str:
+    """The record field whose mean over examples is the aggregate `primary` of a task kind."""
+    if kind == "mmlu":
+        scoring = primary.split("_micro_accuracy")[0]
+        if not primary.endswith("_micro_accuracy"):
+            raise ValueError(f"MMLU primary {primary!r}: per-example scores exist for '<scoring>_micro_accuracy' only.")
+        return f"{scoring}_correct"
+    fields = EXAMPLE_FIELDS.get(kind, {})
+    if primary not in fields:
+        raise ValueError(f"task kind {kind!r} with primary {primary!r} has no per-example score here (known: "
+                         f"{ {k: sorted(v) for k, v in EXAMPLE_FIELDS.items()} } and MMLU); free-form tasks are "
+                         "scored per example by their judges.")
+    return fields[primary]
+
+
+def example_scores(kind: str, primary: str, records: Sequence[dict]) -> list[float]:
+    """Per-example scores (0/1 for the short-answer tasks), in example-index order."""
+    name = example_field(kind, primary)
+    ordered = _by_index(records, "task")
+    return [float(ordered[i][name]) for i in sorted(ordered)]
+
+
+def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (sane at 0 and 1, unlike the normal approximation)."""
+    from scipy import stats
+
+    if n < 1:
+        return float("nan"), float("nan")
+    z = stats.norm.ppf((1 + confidence) / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def score_summary(scores: Sequence[float], chance: float = 0.0, confidence: float = 0.95) -> dict:
+    """n, mean, standard error, a 95% interval (Wilson for 0/1 scores, else Student t) and whether the
+    score is at the floor: within 2 standard errors of chance (or below it) -> untestable."""
+    from ..evaluation.uncertainty import standard_error, t_interval
+
+    values = [float(v) for v in scores]
+    n = len(values)
+    if n == 0:
+        raise ValueError("score_summary needs at least one example's score.")
+    mean_value = sum(values) / n
+    binary = all(v in (0.0, 1.0) for v in values)
+    se = math.sqrt(mean_value * (1 - mean_value) / n) if binary else standard_error(values)
+    low, high = wilson_interval(sum(values), n, confidence) if binary else t_interval(values, confidence=confidence)
+    at_floor = not (mean_value - chance > 2 * (se if math.isfinite(se) else float("inf")))
+    return {"n": n, "score": mean_value, "se": se, "low": low, "high": high, "chance": chance, "at_floor": at_floor,
+            "interval": f"{confidence:.0%} {'Wilson' if binary else 't'} interval over {n} examples"}
+
+
+def paired_score_difference(kind: str, primary: str, dense_records: Sequence[dict], records: Sequence[dict], *,
+                            confidence: float = 0.95, seed: int = 0) -> dict:
+    """Compressed minus dense score on the same examples, with a paired bootstrap interval over examples."""
+    from ..evaluation.uncertainty import paired_bootstrap
+
+    pairs = _paired(dense_records, records)
+    name = example_field(kind, primary)
+    dense = [float(d[name]) for d, _ in pairs]
+    other = [float(r[name]) for _, r in pairs]
+    result = paired_bootstrap(other, dense, confidence=confidence, seed=seed)
+    result["interval"] = result["interval"].replace("units", "examples")
+    return result
+
+
 # --------------------------------------------------------------------------- tasks
 @dataclass(frozen=True)
 class KickTask:

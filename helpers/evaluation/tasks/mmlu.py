@@ -1,4 +1,4 @@
-"""MMLU k-shot (Hendrycks format), scored two ways.
+"""MMLU k-shot (Hendrycks format), scored three ways.
 
 Prompt: "The following are multiple choice questions (with answers) about {subject}.\\n\\n" then k
 solved dev examples of the same subject ("question\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer: X\\n\\n")
@@ -6,11 +6,16 @@ and the test question ending in "Answer:". Shots are dropped, last first, while 
 longer than `max_context_tokens` (less the answer's tokens); with no shot left the prompt keeps its
 last tokens (recorded as `truncated`).
 
-Scorings (both are legitimate; the records and aggregates say which is which):
+Scorings (all legitimate; the records and aggregates say which is which):
 - "generate" (LLM-KICK): greedy-generate `letter_tokens` tokens; the answer is the first letter
   A-D of the stripped continuation standing as a word; anything else counts as wrong.
-- "loglik" (lm-evaluation-harness): the choice among " A", " B", " C", " D" with the highest
-  log-likelihood as a continuation of the prompt.
+- "loglik" (lm-evaluation-harness's `mmlu`): the choice among " A", " B", " C", " D" with the highest
+  log-likelihood as a continuation of the prompt (the question stripped, as lm-eval's template does).
+- "cloze" (lm-evaluation-harness's `mmlu_continuation`): prompt "The following are questions (with
+  answers) about {subject}.\n\n" + shots "Question: q\nAnswer: <answer text>\n\n" + "Question:
+  q\nAnswer:"; each choice's text is scored as the continuation " <text>" and the prediction is the
+  highest log-likelihood per character of the text (lm-eval's acc_norm). Small models sit above chance
+  here when they cannot yet map an answer to its letter.
 Aggregates: micro average (over questions), macro average (over subjects) and per subject.
 """
 from __future__ import annotations
@@ -30,7 +35,7 @@ from .generation import context_length, encode, format_prompt, uses_chat_templat
 from .records import TaskResult, Timer, as_writer
 
 LETTERS = ("A", "B", "C", "D")
-SCORINGS = ("generate", "loglik")
+SCORINGS = ("generate", "loglik", "cloze")
 _LETTER = re.compile(r"^\s*([ABCD])(?![A-Za-z0-9])")
 
 
@@ -39,7 +44,7 @@ class MMLUSettings:
     split: str = "test"
     shots: int = 5
     max_context_tokens: int | None = 2048  # None: the model's context length
-    scorings: tuple[str, ...] = SCORINGS
+    scorings: tuple[str, ...] = ("generate", "loglik")  # any of SCORINGS
     n_per_subject: int | None = None  # subsample: this many questions of each subject ...
     n_total: int | None = None        # ... or this many in all (seeded draw)
     seed: int = 0
@@ -72,7 +77,7 @@ def format_subject(subject: str) -> str:
 
 
 def format_example(row: dict, include_answer: bool) -> str:
-    text = row["question"]
+    text = row["question"].strip()
     for letter, choice in zip(LETTERS, row["choices"]):
         text += f"\n{letter}. {choice}"
     text += "\nAnswer:"
@@ -84,6 +89,18 @@ def format_example(row: dict, include_answer: bool) -> str:
 def build_prompt(subject: str, shots: list[dict], row: dict) -> str:
     header = f"The following are multiple choice questions (with answers) about {format_subject(subject)}.\n\n"
     return header + "".join(format_example(s, True) for s in shots) + format_example(row, False)
+
+
+def format_cloze_example(row: dict, include_answer: bool) -> str:
+    text = f"Question: {row['question'].strip()}\nAnswer:"
+    if include_answer:
+        text += f" {row['choices'][LETTERS.index(row['answer'])]}\n\n"
+    return text
+
+
+def build_cloze_prompt(subject: str, shots: list[dict], row: dict) -> str:
+    header = f"The following are questions (with answers) about {format_subject(subject)}.\n\n"
+    return header + "".join(format_cloze_example(s, True) for s in shots) + format_cloze_example(row, False)
 
 
 def parse_letter(text: str) -> str | None:
@@ -130,11 +147,11 @@ class _Encoder:
 
 
 def fit_prompt(encoder: _Encoder, subject: str, shots: list[dict], row: dict, limit: int | None,
-               answer_tokens: int) -> dict:
+               answer_tokens: int, builder=build_prompt) -> dict:
     """Drop shots (last first) until prompt + answer fits in `limit`; truncate from the left if 0 shots don't."""
     k = len(shots)
     while True:
-        prompt = build_prompt(subject, shots[:k], row)
+        prompt = builder(subject, shots[:k], row)
         text, ids = encoder(prompt)
         if limit is None or len(ids) + answer_tokens <= limit or k == 0:
             break
@@ -145,15 +162,17 @@ def fit_prompt(encoder: _Encoder, subject: str, shots: list[dict], row: dict, li
     return {"prompt": prompt, "model_input": text, "ids": ids, "shots": k, "truncated": truncated}
 
 
-def continuation_ids(tokenizer, encoder: _Encoder, prompt_ids: list[int], model_input: str) -> dict[str, list[int]]:
-    """Token ids of " A".." D" as continuations of the prompt (context+continuation minus context)."""
+def continuation_ids(tokenizer, encoder: _Encoder, prompt_ids: list[int], model_input: str,
+                     continuations: dict[str, str] | None = None) -> dict[str, list[int]]:
+    """Token ids of each continuation (default " A".." D") after the prompt: context+continuation
+    encoded whole, minus the context's ids (as lm-eval splits a pair)."""
     out = {}
-    for letter in LETTERS:
-        whole = encode(tokenizer, model_input + f" {letter}", chat_template=encoder.chat)
+    for key, text in (continuations or {letter: f" {letter}" for letter in LETTERS}).items():
+        whole = encode(tokenizer, model_input + text, chat_template=encoder.chat)
         if whole[:len(prompt_ids)] == prompt_ids and len(whole) > len(prompt_ids):
-            out[letter] = whole[len(prompt_ids):]
+            out[key] = whole[len(prompt_ids):]
         else:  # the tokenizer merged across the boundary: encode the continuation alone
-            out[letter] = encode(tokenizer, f" {letter}", chat_template=True)
+            out[key] = encode(tokenizer, text, chat_template=True)
     return out
 
 
@@ -232,9 +251,9 @@ def evaluate_mmlu(model, tokenizer, examples=None, settings: MMLUSettings = MMLU
                 writer.write(record)
 
         shared = "loglik" in settings.scorings and "generate" in settings.scorings and settings.letter_tokens == 1
+        last = next(s for s in ("cloze", "loglik", "generate") if s in settings.scorings)  # finishes the records
         if "generate" in settings.scorings and not shared:
-            _score_generate(model, tokenizer, fitted, records, settings,
-                            finish if "loglik" not in settings.scorings else None)
+            _score_generate(model, tokenizer, fitted, records, settings, finish if last == "generate" else None)
         if "loglik" in settings.scorings:
             for f, record in tqdm(list(zip(fitted, records)), desc="MMLU", disable=not settings.progress):
                 choices = continuation_ids(tokenizer, encoder, f["ids"], f["model_input"])
@@ -248,11 +267,32 @@ def evaluate_mmlu(model, tokenizer, examples=None, settings: MMLUSettings = MMLU
                     prediction = parse_letter(text)
                     record.update({"generation": text, "generate_prediction": prediction,
                                    "generate_correct": prediction == record["gold"]})
-                finish(record)
+                if last == "loglik":
+                    finish(record)
+        if "cloze" in settings.scorings:
+            _score_cloze(model, tokenizer, encoder, rows, shots_by_subject, records, settings, limit, finish)
     aggregate = summarize(records, settings.scorings)
     out = asdict(settings)
     out.update(chat_template_used=encoder.chat, context_limit=limit)
     return TaskResult("mmlu", records, aggregate, out, timer.seconds)
+
+
+def _score_cloze(model, tokenizer, encoder, rows, shots_by_subject, records, settings: MMLUSettings, limit,
+                 finish) -> None:
+    """lm-eval's mmlu_continuation: each answer text as the continuation; argmax of log-likelihood per character."""
+    for row, record in tqdm(list(zip(rows, records)), desc="MMLU cloze", disable=not settings.progress):
+        texts = dict(zip(LETTERS, row["choices"]))
+        longest = max(len(encode(tokenizer, f" {t}", chat_template=True)) for t in texts.values())
+        f = fit_prompt(encoder, row["subject"], shots_by_subject[row["subject"]][:settings.shots], row, limit,
+                       longest, builder=build_cloze_prompt)
+        choices = continuation_ids(tokenizer, encoder, f["ids"], f["model_input"],
+                                   {letter: f" {t}" for letter, t in texts.items()})
+        scores = loglik_choices(model, f["ids"], choices)
+        per_char = {letter: scores[letter] / max(len(texts[letter]), 1) for letter in LETTERS}
+        best = max(LETTERS, key=lambda letter: per_char[letter])
+        record.update({"cloze_prompt": f["prompt"], "cloze_shots": f["shots"], "cloze_truncated": f["truncated"],
+                       "cloze_loglik": scores, "cloze_prediction": best, "cloze_correct": best == record["gold"]})
+        finish(record)
 
 
 def _score_generate(model, tokenizer, fitted, records, settings: MMLUSettings, finish=None) -> None:
