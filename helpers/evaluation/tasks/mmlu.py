@@ -76,31 +76,27 @@ def format_subject(subject: str) -> str:
     return subject.replace("_", " ")
 
 
-def format_example(row: dict, include_answer: bool) -> str:
-    text = row["question"].strip()
-    for letter, choice in zip(LETTERS, row["choices"]):
-        text += f"\n{letter}. {choice}"
-    text += "\nAnswer:"
-    if include_answer:
-        text += f" {row['answer']}\n\n"
-    return text
+PROMPT_HEADERS = {"letters": "The following are multiple choice questions (with answers) about {}.\n\n",
+                  "cloze": "The following are questions (with answers) about {}.\n\n"}
 
 
-def build_prompt(subject: str, shots: list[dict], row: dict) -> str:
-    header = f"The following are multiple choice questions (with answers) about {format_subject(subject)}.\n\n"
-    return header + "".join(format_example(s, True) for s in shots) + format_example(row, False)
+def format_example(row: dict, include_answer: bool, form: str = "letters") -> str:
+    """One question: with its lettered choices ("letters", lm-eval's mmlu) or as "Question: ..\nAnswer:"
+    ("cloze", lm-eval's mmlu_continuation); a shot ends in its answer (the letter, or the answer's text)."""
+    question = row["question"].strip()
+    if form == "letters":
+        text = question + "".join(f"\n{letter}. {choice}" for letter, choice in zip(LETTERS, row["choices"]))
+        answer = row["answer"]
+    else:
+        text, answer = f"Question: {question}", row["choices"][LETTERS.index(row["answer"])]
+    return text + "\nAnswer:" + (f" {answer}\n\n" if include_answer else "")
 
 
-def format_cloze_example(row: dict, include_answer: bool) -> str:
-    text = f"Question: {row['question'].strip()}\nAnswer:"
-    if include_answer:
-        text += f" {row['choices'][LETTERS.index(row['answer'])]}\n\n"
-    return text
-
-
-def build_cloze_prompt(subject: str, shots: list[dict], row: dict) -> str:
-    header = f"The following are questions (with answers) about {format_subject(subject)}.\n\n"
-    return header + "".join(format_cloze_example(s, True) for s in shots) + format_cloze_example(row, False)
+def build_prompt(subject: str, shots: list[dict], row: dict, form: str = "letters") -> str:
+    if form not in PROMPT_HEADERS:
+        raise ValueError(f"MMLU prompt form {form!r}; expected one of {sorted(PROMPT_HEADERS)}.")
+    return (PROMPT_HEADERS[form].format(format_subject(subject)) + "".join(format_example(s, True, form) for s in shots)
+            + format_example(row, False, form))
 
 
 def parse_letter(text: str) -> str | None:
@@ -147,11 +143,11 @@ class _Encoder:
 
 
 def fit_prompt(encoder: _Encoder, subject: str, shots: list[dict], row: dict, limit: int | None,
-               answer_tokens: int, builder=build_prompt) -> dict:
+               answer_tokens: int, form: str = "letters") -> dict:
     """Drop shots (last first) until prompt + answer fits in `limit`; truncate from the left if 0 shots don't."""
     k = len(shots)
     while True:
-        prompt = builder(subject, shots[:k], row)
+        prompt = build_prompt(subject, shots[:k], row, form)
         text, ids = encoder(prompt)
         if limit is None or len(ids) + answer_tokens <= limit or k == 0:
             break
@@ -284,7 +280,7 @@ def _score_cloze(model, tokenizer, encoder, rows, shots_by_subject, records, set
         texts = dict(zip(LETTERS, row["choices"]))
         longest = max(len(encode(tokenizer, f" {t}", chat_template=True)) for t in texts.values())
         f = fit_prompt(encoder, row["subject"], shots_by_subject[row["subject"]][:settings.shots], row, limit,
-                       longest, builder=build_cloze_prompt)
+                       longest, form="cloze")
         choices = continuation_ids(tokenizer, encoder, f["ids"], f["model_input"],
                                    {letter: f" {t}" for letter, t in texts.items()})
         scores = loglik_choices(model, f["ids"], choices)
