@@ -144,3 +144,19 @@ def test_summary_lists_figures_without_findings(tmp_path):
     text = rp.write_summary(tmp_path, "cpu").read_text()
     assert "- [a.png](a.png): *No finding recorded" in text
     assert "- [b.png](b.png): B grows." in text
+
+
+def test_summary_carries_the_verdict_tables(tmp_path):
+    from helpers.plotting import save_verdicts
+
+    (tmp_path / "a.png").write_bytes(b"")
+    save_verdicts([{"claim": "x beats y", "measured": "ratio 0.9 [0.8, 1.0], n = 64", "verdict": "partly",
+                    "why": "one seed | small model"}], "04_verdicts", tmp_path, title="04 scheduler")
+    text = rp.write_summary(tmp_path, "cpu").read_text()
+    assert "## Verdicts" in text and "| x beats y | ratio 0.9 [0.8, 1.0], n = 64 | **partly** | one seed / small model |" in text
+    assert "04_verdicts" not in text.split("## Verdicts")[0]  # a verdict table is not listed as a figure
+    with pytest.raises(ValueError, match="verdict among"):
+        save_verdicts([{"claim": "c", "measured": "m", "verdict": "maybe", "why": "w"}], "04_verdicts", tmp_path,
+                      title="t")
+    with pytest.raises(ValueError, match="_verdicts"):
+        save_verdicts([], "04_table", tmp_path, title="t")

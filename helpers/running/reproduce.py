@@ -345,7 +345,8 @@ def _relative(path: Path, root: Path) -> str:
 
 # --------------------------------------------------------------------------- figures/SUMMARY.md
 def write_summary(figures_dir: Path, profile: str) -> Path:
-    """figures/SUMMARY.md: every PNG in the folder with its one-line finding (from `<name>.md`)."""
+    """figures/SUMMARY.md: every PNG in the folder with its one-line finding (from `<name>.md`), then
+    the notebooks' verdict tables (`<NN>_verdicts.md`)."""
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
     lines = ["# Figures", "",
@@ -362,6 +363,12 @@ def write_summary(figures_dir: Path, profile: str) -> Path:
         lines.append(f"- [{png.name}]({png.name}){table}: {finding}")
     if not pngs:
         lines.append("*No figures yet.*")
+    verdicts = sorted(figures_dir.glob("*_verdicts.md"))  # helpers.plotting.save_verdicts
+    if verdicts:
+        lines += ["", "## Verdicts", "", "Each table is computed by its notebook from the numbers above "
+                  "(`helpers.plotting.save_verdicts`).", ""]
+        for note in verdicts:
+            lines += [note.read_text(encoding="utf-8").strip(), ""]
     path = figures_dir / "SUMMARY.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
