@@ -142,3 +142,12 @@ def test_paired_score_difference_uses_the_same_examples():
     assert result["estimate"] == pytest.approx(-0.5) and result["high"] < 0 and result["n"] == 40
     with pytest.raises(ValueError, match="different examples"):
         paired_score_difference("factoid", "accuracy", dense, lost[:10])
+
+
+def test_agreement_summary_counts_equal_answers_with_an_interval():
+    from helpers.experiments.kick import agreement_summary
+
+    a = [{"index": i, "generation": "Paris" if i < 30 else "Rome"} for i in range(40)]
+    b = [{"index": i, "generation": " paris.\nmore" if i < 30 else "Oslo"} for i in range(40)]  # normalized, first line
+    result = agreement_summary(a, b, "generation")
+    assert result["score"] == pytest.approx(0.75) and result["n"] == 40 and result["low"] < 0.75 < result["high"]

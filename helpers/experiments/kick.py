@@ -82,6 +82,16 @@ def answer_agreement(dense_records: Sequence[dict], records: Sequence[dict], fie
     return sum(same) / len(same)
 
 
+def agreement_summary(dense_records: Sequence[dict], records: Sequence[dict], field: str) -> dict:
+    """answer_agreement with n and a 95% Wilson interval over the examples (score_summary's fields).
+
+    Also the noise floor: the agreement of a no-damage point (8-bit RTN) with the dense model, or of two
+    runs of one method that differ only in the calibration seed, is what "changed answers" must exceed."""
+    pairs = _paired(dense_records, records)
+    same = [float(answer_agreement([d], [r], field)) for d, r in pairs]
+    return score_summary(same)
+
+
 def generation_similarity(dense_records: Sequence[dict], records: Sequence[dict], field: str = "generation",
                           rouge_type: str = "rougeL") -> float:
     """Mean ROUGE F1 of the compressed model's generation against the dense model's (1.0 = identical)."""
