@@ -104,9 +104,9 @@ def save_verdicts(rows, name: str, output_dir: str | Path, *, title: str, protoc
     rows: dicts with `claim`, `measured` (the numbers, with n and intervals), `verdict` (one of
     VERDICTS) and `why` (what limits it). Returns the path; the table is also what the notebook shows."""
     rows = list(rows)
-    if not name.endswith("_verdicts") or "/" in name:
-        raise ValueError(f"verdict table name={name!r}; expected a bare name ending in '_verdicts', e.g. "
-                         "'04_verdicts'.")
+    if "_verdicts" not in name or "/" in name or name.endswith(".md"):
+        raise ValueError(f"verdict table name={name!r}; expected a bare name with '_verdicts' in it, e.g. "
+                         "'04_verdicts' or, for a second run, '04_verdicts_gemma3'.")
     for row in rows:
         missing = [c for c in VERDICT_COLUMNS if not str(row.get(c, "")).strip()]
         if missing or row["verdict"] not in VERDICTS:

@@ -158,5 +158,7 @@ def test_summary_carries_the_verdict_tables(tmp_path):
     with pytest.raises(ValueError, match="verdict among"):
         save_verdicts([{"claim": "c", "measured": "m", "verdict": "maybe", "why": "w"}], "04_verdicts", tmp_path,
                       title="t")
+    save_verdicts([], "04_verdicts_gemma3", tmp_path, title="second run")  # a run name after it is fine
+    assert "### second run" in rp.write_summary(tmp_path, "cpu").read_text()
     with pytest.raises(ValueError, match="_verdicts"):
         save_verdicts([], "04_table", tmp_path, title="t")

@@ -346,7 +346,7 @@ def _relative(path: Path, root: Path) -> str:
 # --------------------------------------------------------------------------- figures/SUMMARY.md
 def write_summary(figures_dir: Path, profile: str) -> Path:
     """figures/SUMMARY.md: every PNG in the folder with its one-line finding (from `<name>.md`), then
-    the notebooks' verdict tables (`<NN>_verdicts.md`)."""
+    the notebooks' verdict tables (`<NN>_verdicts[_<run name>].md`)."""
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
     lines = ["# Figures", "",
@@ -363,7 +363,7 @@ def write_summary(figures_dir: Path, profile: str) -> Path:
         lines.append(f"- [{png.name}]({png.name}){table}: {finding}")
     if not pngs:
         lines.append("*No figures yet.*")
-    verdicts = sorted(figures_dir.glob("*_verdicts.md"))  # helpers.plotting.save_verdicts
+    verdicts = sorted(figures_dir.glob("*_verdicts*.md"))  # helpers.plotting.save_verdicts
     if verdicts:
         lines += ["", "## Verdicts", "", "Each table is computed by its notebook from the numbers above "
                   "(`helpers.plotting.save_verdicts`).", ""]
