@@ -140,6 +140,7 @@ def test_paired_score_difference_uses_the_same_examples():
     assert paired_score_difference("factoid", "accuracy", dense, same)["high"] == 0.0  # nothing differs: no width
     result = paired_score_difference("factoid", "accuracy", dense, lost)
     assert result["estimate"] == pytest.approx(-0.5) and result["high"] < 0 and result["n"] == 40
+    assert result["interval"] == "95% paired bootstrap over 40 examples"
     with pytest.raises(ValueError, match="different examples"):
         paired_score_difference("factoid", "accuracy", dense, lost[:10])
 

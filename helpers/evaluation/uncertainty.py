@@ -75,7 +75,7 @@ def _statistic(a: np.ndarray, b: np.ndarray, ratio: bool) -> np.ndarray:
 
 
 def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, ratio: bool = False, confidence: float = 0.95,
-                     resamples: int = 4000, seed: int = 0) -> dict:
+                     resamples: int = 4000, seed: int = 0, unit: str = "units") -> dict:
     """Paired percentile bootstrap of mean(a) - mean(b) (or, with `ratio`, mean(a) / mean(b)) over units
     both variants were measured on: every resample draws the same units for a and b.
 
@@ -91,7 +91,7 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, ratio: bool = Fa
     tail = (1 - confidence) / 2
     return {"estimate": float(_statistic(a[None], b[None], ratio)[0]), "low": float(np.quantile(values, tail)),
             "high": float(np.quantile(values, 1 - tail)), "n": int(a.size),
-            "interval": interval_name("paired", a.size, confidence, "units")}
+            "interval": interval_name("paired", a.size, confidence, unit)}
 
 
 def crossed_bootstrap(a, b=None, *, ratio: bool = False, confidence: float = 0.95, resamples: int = 4000,

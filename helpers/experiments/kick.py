@@ -213,9 +213,7 @@ def paired_score_difference(kind: str, primary: str, dense_records: Sequence[dic
     name = example_field(kind, primary)
     dense = [float(d[name]) for d, _ in pairs]
     other = [float(r[name]) for _, r in pairs]
-    result = paired_bootstrap(other, dense, confidence=confidence, seed=seed)
-    result["interval"] = result["interval"].replace("units", "examples")
-    return result
+    return paired_bootstrap(other, dense, confidence=confidence, seed=seed, unit="examples")
 
 
 # --------------------------------------------------------------------------- tasks
