@@ -78,7 +78,8 @@ def main(argv=None) -> int:
     if not 0 < args.scale <= 10:
         parser.error(f"--scale {args.scale}: expected a factor in (0, 10].")
     torch.set_num_threads(args.threads)
-    from helpers.experiments.kick import example_scores, score_summary
+    from helpers.evaluation.uncertainty import score_summary
+    from helpers.experiments.kick import example_scores
     from helpers.models import load_model
 
     model, tokenizer = load_model(args.model)

@@ -119,7 +119,7 @@ def test_example_scores_follow_the_primary_aggregate():
 
 
 def test_score_summary_intervals_and_the_floor():
-    from helpers.experiments.kick import score_summary
+    from helpers.evaluation.uncertainty import score_summary
 
     floor = score_summary([0.0] * 300)
     assert floor["score"] == 0 and floor["at_floor"] and floor["low"] == pytest.approx(0, abs=1e-12) and 0 < floor["high"] < 0.02

@@ -57,6 +57,35 @@ def t_interval(values: Sequence[float], *, confidence: float = 0.95) -> tuple[fl
     return float(values.mean() - half), float(values.mean() + half)
 
 
+def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (sane at 0 and 1, unlike the normal approximation)."""
+    from scipy import stats
+
+    if n < 1:
+        return float("nan"), float("nan")
+    z = stats.norm.ppf((1 + confidence) / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+
+
+def score_summary(scores: Sequence[float], chance: float = 0.0, confidence: float = 0.95) -> dict:
+    """n, mean, standard error, a 95% interval (Wilson for 0/1 scores, else Student t) and whether the
+    score is at the floor: within 2 standard errors of chance (or below it) -> untestable."""
+    values = [float(v) for v in scores]
+    n = len(values)
+    if n == 0:
+        raise ValueError("score_summary needs at least one example's score.")
+    mean_value = sum(values) / n
+    binary = all(v in (0.0, 1.0) for v in values)
+    se = math.sqrt(mean_value * (1 - mean_value) / n) if binary else standard_error(values)
+    low, high = wilson_interval(sum(values), n, confidence) if binary else t_interval(values, confidence=confidence)
+    at_floor = not (mean_value - chance > 2 * (se if math.isfinite(se) else float("inf")))
+    return {"n": n, "score": mean_value, "se": se, "low": low, "high": high, "chance": chance, "at_floor": at_floor,
+            "interval": f"{confidence:.0%} {'Wilson' if binary else 't'} interval over {n} examples"}
+
+
 INTERVALS = ("t", "bootstrap")
 
 

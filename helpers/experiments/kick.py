@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 from torch import nn
 
 from ..evaluation.metrics import DenseReference, evaluate
+from ..evaluation.uncertainty import paired_bootstrap, score_summary
 from ..evaluation.tasks import TASK_KINDS, TaskKind, normalize_answer, read_records, task_kind
 from ..evaluation.tasks.records import TaskResult
 from ..results import ResultsTable
@@ -65,20 +66,26 @@ def _first_line(value) -> str:
     return text.strip().split("\n")[0]
 
 
-def answer_agreement(dense_records: Sequence[dict], records: Sequence[dict], field: str) -> float:
-    """Fraction of examples (matched by index) whose normalized first-line answers are equal.
-
-    Compares the compressed model with the dense one, not with the gold answer: it moves even when
-    both models are mostly wrong. Missing answers (None) agree only with missing answers.
-    """
-    pairs = _paired(dense_records, records)
+def answer_matches(dense_records: Sequence[dict], records: Sequence[dict], field: str) -> list[bool]:
+    """Per example (matched by index, in index order): are the normalized first-line answers equal?
+    Missing answers (None) agree only with missing answers."""
     same = []
-    for d, r in pairs:
+    for d, r in _paired(dense_records, records):
         a, b = d.get(field), r.get(field)
         if a is None or b is None:
             same.append(a is None and b is None)
         else:
             same.append(normalize_answer(_first_line(a)) == normalize_answer(_first_line(b)))
+    return same
+
+
+def answer_agreement(dense_records: Sequence[dict], records: Sequence[dict], field: str) -> float:
+    """Fraction of examples whose normalized first-line answers are equal (answer_matches).
+
+    Compares the compressed model with the dense one, not with the gold answer: it moves even when
+    both models are mostly wrong.
+    """
+    same = answer_matches(dense_records, records, field)
     return sum(same) / len(same)
 
 
@@ -87,9 +94,7 @@ def agreement_summary(dense_records: Sequence[dict], records: Sequence[dict], fi
 
     Also the noise floor: the agreement of a no-damage point (8-bit RTN) with the dense model, or of two
     runs of one method that differ only in the calibration seed, is what "changed answers" must exceed."""
-    pairs = _paired(dense_records, records)
-    same = [float(answer_agreement([d], [r], field)) for d, r in pairs]
-    return score_summary(same)
+    return score_summary([float(x) for x in answer_matches(dense_records, records, field)])
 
 
 def generation_similarity(dense_records: Sequence[dict], records: Sequence[dict], field: str = "generation",
@@ -173,42 +178,9 @@ def example_scores(kind: str, primary: str, records: Sequence[dict]) -> list[flo
     return [float(ordered[i][name]) for i in sorted(ordered)]
 
 
-def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion (sane at 0 and 1, unlike the normal approximation)."""
-    from scipy import stats
-
-    if n < 1:
-        return float("nan"), float("nan")
-    z = stats.norm.ppf((1 + confidence) / 2)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def score_summary(scores: Sequence[float], chance: float = 0.0, confidence: float = 0.95) -> dict:
-    """n, mean, standard error, a 95% interval (Wilson for 0/1 scores, else Student t) and whether the
-    score is at the floor: within 2 standard errors of chance (or below it) -> untestable."""
-    from ..evaluation.uncertainty import standard_error, t_interval
-
-    values = [float(v) for v in scores]
-    n = len(values)
-    if n == 0:
-        raise ValueError("score_summary needs at least one example's score.")
-    mean_value = sum(values) / n
-    binary = all(v in (0.0, 1.0) for v in values)
-    se = math.sqrt(mean_value * (1 - mean_value) / n) if binary else standard_error(values)
-    low, high = wilson_interval(sum(values), n, confidence) if binary else t_interval(values, confidence=confidence)
-    at_floor = not (mean_value - chance > 2 * (se if math.isfinite(se) else float("inf")))
-    return {"n": n, "score": mean_value, "se": se, "low": low, "high": high, "chance": chance, "at_floor": at_floor,
-            "interval": f"{confidence:.0%} {'Wilson' if binary else 't'} interval over {n} examples"}
-
-
 def paired_score_difference(kind: str, primary: str, dense_records: Sequence[dict], records: Sequence[dict], *,
                             confidence: float = 0.95, seed: int = 0) -> dict:
     """Compressed minus dense score on the same examples, with a paired bootstrap interval over examples."""
-    from ..evaluation.uncertainty import paired_bootstrap
-
     pairs = _paired(dense_records, records)
     name = example_field(kind, primary)
     dense = [float(d[name]) for d, _ in pairs]
