@@ -7,6 +7,7 @@ import torch
 from helpers.compression.compress import Recipe, compress_model
 from helpers.data import evaluation_windows
 from helpers.experiments.kick import (KickSweep, KickTask, above_chance, add_normalized, answer_agreement,
+                                      evidence_table, perplexity_table, run_agreement,
                           choice_distribution, choice_total_variation, dense_similarity, generation_similarity,
                           retained)
 from helpers.experiments.core import Variant, latest_frame
@@ -85,6 +86,24 @@ def test_sweep_records_every_task_beside_perplexity_and_skips_recorded_points(tm
     assert similarity["dense", "kv"] == 1.0 and similarity["magnitude 0%", "kv"] == 1.0
     assert similarity["magnitude 0%", "mmlu"] == pytest.approx(1.0)
     assert 0 <= similarity["magnitude 50%", "kv"] <= 1
+    # Evidence from the saved records: an unchanged model differs from dense by exactly 0 (no interval width),
+    # agrees everywhere, and its perplexity ratio over the same windows is 1.
+    evidence = evidence_table(frame, tasks, tmp_path / "records").set_index(["label", "task", "scoring"])
+    assert set(evidence.loc["dense"].index) == {("kv", "accuracy"), ("mmlu", "loglik_micro_accuracy")}
+    assert (evidence.n == 2).all() and evidence.loc["dense"].difference.isna().all()
+    same = evidence.loc["magnitude 0%"]
+    assert (same.difference == 0).all() and (same.difference_low == 0).all() and (same.difference_high == 0).all()
+    assert (same.agreement == 1).all()
+    assert run_agreement(frame, tasks[0], tmp_path / "records", "magnitude 0%", "dense")["score"] == 1.0
+    assert run_agreement(frame, tasks[0], tmp_path / "records", "magnitude 0%", "nope") is None
+    ppl = perplexity_table(frame)
+    assert ppl.windows["dense"] == 2 and ppl.perplexity["dense"] == pytest.approx(value["dense", "wikitext2", "perplexity"])
+    assert ppl.perplexity_ratio["magnitude 0%"] == pytest.approx(1.0)
+    assert ppl.perplexity_ratio_low["magnitude 0%"] == pytest.approx(1.0)
+    assert ppl.perplexity_ratio["magnitude 50%"] == pytest.approx(
+        value["magnitude 50%", "wikitext2", "perplexity"] / value["dense", "wikitext2", "perplexity"])
+    assert ppl.perplexity_low["dense"] < ppl.perplexity["dense"] < ppl.perplexity_high["dense"]
+    assert ppl.mean_kl["magnitude 50%"] == pytest.approx(value["magnitude 50%", "wikitext2", "mean_kl"])
     normalized = add_normalized(frame)
     scores = normalized[(normalized.metric == "score") & (normalized.label == "magnitude 0%")]
     assert ((scores.retained == 1.0) | scores.retained.isna()).all()
@@ -152,3 +171,24 @@ def test_agreement_summary_counts_equal_answers_with_an_interval():
     b = [{"index": i, "generation": " paris.\nmore" if i < 30 else "Oslo"} for i in range(40)]  # normalized, first line
     result = agreement_summary(a, b, "generation")
     assert result["score"] == pytest.approx(0.75) and result["n"] == 40 and result["low"] < 0.75 < result["high"]
+
+
+def test_free_form_scores_are_rouge_per_example_against_the_reference_or_another_run():
+    from helpers.experiments.kick import example_scores, paired_score_difference, similarity_scores
+
+    dense = [{"index": 1, "generation": "the cat sat on the mat", "reference": "the cat sat on the mat"},
+             {"index": 0, "generation": "dogs bark", "reference": "a completely different sentence"}]
+    assert example_scores("summarization", "rouge/rougeL", dense) == [0.0, 1.0]  # index order: 0 then 1
+    worse = [{"index": 1, "generation": "the cat", "reference": "the cat sat on the mat"},
+             {"index": 0, "generation": "dogs bark", "reference": "a completely different sentence"}]
+    diff = paired_score_difference("summarization", "rouge/rougeL", dense, worse)
+    assert diff["estimate"] == pytest.approx((0.5 - 1.0) / 2)  # ROUGE-L F1 of "the cat" vs 6 words: 2*(1*1/3)/(4/3)
+    assert similarity_scores("summarization", dense, dense, "generation") == [1.0, 1.0]
+    assert similarity_scores("summarization", dense, worse, "generation")[0] == 1.0  # index 0 unchanged
+    short = [{"index": 0, "answer": "Paris"}, {"index": 1, "answer": "Rome"}]
+    assert similarity_scores("retrieval_qa", short, [{"index": 0, "answer": "paris"}, {"index": 1, "answer": "Oslo"}],
+                             "answer") == [1.0, 0.0]
+    with pytest.raises(ValueError, match="rouge"):
+        example_scores("summarization", "judge/gpt4", dense)
+    with pytest.raises(ValueError, match="no reference"):
+        example_scores("summarization", "rouge/rougeL", [{"index": 0, "generation": "x"}])

@@ -25,6 +25,7 @@ model, and recorded on every row with the name of its convention.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -66,6 +67,23 @@ def _first_line(value) -> str:
     return text.strip().split("\n")[0]
 
 
+def _rouge_scores(records: Sequence[dict], rouge_type: str, against: Sequence[dict] | None = None,
+                  field: str = "generation") -> list[float]:
+    """ROUGE F1 per example of each record's `field` vs its reference (or vs the same field of `against`)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer([rouge_type], use_stemmer=True)
+    out = []
+    for position, record in enumerate(records):
+        target = record.get("reference") if against is None else against[position].get(field)
+        if target is None:
+            raise ValueError(f"record {record.get('index')} of task {record.get('task')!r} has no reference text; "
+                             "free-form scores per example need the task's reference answers.")
+        a, b = str(target), str(record.get(field) or "")
+        out.append(1.0 if a.strip() == b.strip() else scorer.score(a, b)[rouge_type].fmeasure)
+    return out
+
+
 def answer_matches(dense_records: Sequence[dict], records: Sequence[dict], field: str) -> list[bool]:
     """Per example (matched by index, in index order): are the normalized first-line answers equal?
     Missing answers (None) agree only with missing answers."""
@@ -100,13 +118,8 @@ def agreement_summary(dense_records: Sequence[dict], records: Sequence[dict], fi
 def generation_similarity(dense_records: Sequence[dict], records: Sequence[dict], field: str = "generation",
                           rouge_type: str = "rougeL") -> float:
     """Mean ROUGE F1 of the compressed model's generation against the dense model's (1.0 = identical)."""
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer([rouge_type], use_stemmer=True)
-    values = []
-    for d, r in _paired(dense_records, records):
-        a, b = str(d.get(field) or ""), str(r.get(field) or "")
-        values.append(1.0 if a.strip() == b.strip() else scorer.score(a, b)[rouge_type].fmeasure)
+    pairs = _paired(dense_records, records)
+    values = _rouge_scores([r for _, r in pairs], rouge_type, against=[d for d, _ in pairs], field=field)
     return sum(values) / len(values)
 
 
@@ -154,6 +167,8 @@ def above_chance(score: float, dense_score: float, chance: float) -> float:
 # per task kind: primary aggregate -> the per-example record field it is the mean of
 EXAMPLE_FIELDS = {"factoid": {"accuracy": "hit"}, "kv_retrieval": {"accuracy": "hit"},
                   "retrieval_qa": {"contains": "contains", "exact_match": "exact"}}
+# free-form kinds: primary "rouge/<type>" is the mean over examples of ROUGE F1 of the generation vs the reference
+FREE_FORM_PRIMARY = re.compile(r"^rouge/(rouge1|rouge2|rougeL)$")
 
 
 def example_field(kind: str, primary: str) -> str:
@@ -172,20 +187,37 @@ def example_field(kind: str, primary: str) -> str:
 
 
 def example_scores(kind: str, primary: str, records: Sequence[dict]) -> list[float]:
-    """Per-example scores (0/1 for the short-answer tasks), in example-index order."""
-    name = example_field(kind, primary)
+    """Per-example scores in example-index order: 0/1 for the short-answer tasks and MMLU, ROUGE F1 vs
+    the reference for free-form tasks (primary "rouge/rougeL" etc.)."""
     ordered = _by_index(records, "task")
-    return [float(ordered[i][name]) for i in sorted(ordered)]
+    rows = [ordered[i] for i in sorted(ordered)]
+    free = FREE_FORM_PRIMARY.match(primary or "")
+    if task_kind(kind).free_form:
+        if not free:
+            raise ValueError(f"free-form task kind {kind!r}: per-example scores exist for 'rouge/rouge1|rouge2|rougeL' "
+                             f"only, not {primary!r}; the judges' own scores are in the judgements file.")
+        return _rouge_scores(rows, free.group(1))
+    name = example_field(kind, primary)
+    return [float(row[name]) for row in rows]
 
 
 def paired_score_difference(kind: str, primary: str, dense_records: Sequence[dict], records: Sequence[dict], *,
                             confidence: float = 0.95, seed: int = 0) -> dict:
     """Compressed minus dense score on the same examples, with a paired bootstrap interval over examples."""
     pairs = _paired(dense_records, records)
-    name = example_field(kind, primary)
-    dense = [float(d[name]) for d, _ in pairs]
-    other = [float(r[name]) for _, r in pairs]
+    dense = example_scores(kind, primary, [d for d, _ in pairs])
+    other = example_scores(kind, primary, [r for _, r in pairs])
     return paired_bootstrap(other, dense, confidence=confidence, seed=seed, unit="examples")
+
+
+def similarity_scores(kind: str, reference_records: Sequence[dict], records: Sequence[dict], field: str) -> list[float]:
+    """Per example, how close `records` are to `reference_records` (the dense model's, or another run's):
+    1/0 equal normalized answers for short-answer tasks and MMLU; ROUGE-L F1 of the generations for
+    free-form tasks."""
+    pairs = _paired(reference_records, records)
+    if task_kind(kind).free_form:
+        return _rouge_scores([r for _, r in pairs], "rougeL", against=[d for d, _ in pairs])
+    return [float(x) for x in answer_matches(reference_records, records, field)]
 
 
 # --------------------------------------------------------------------------- tasks
@@ -315,7 +347,11 @@ class KickSweep:
     def perplexity_measurement(self) -> Measurement:
         def measure(point: Point) -> list[dict]:
             window = evaluate(point.model, self.reference.windows, self.reference, progress=False)
-            return [{"metric": "perplexity", "value": window.perplexity}, {"metric": "mean_kl", "value": window.mean_kl()}]
+            # per-window means too: the windows are the unit of the perplexity and KL intervals
+            nll = window.nll.double().mean(1).tolist()
+            kl = window.kl.double().mean(1).tolist()
+            return [{"metric": "perplexity", "value": window.perplexity, "window_nll": nll},
+                    {"metric": "mean_kl", "value": window.mean_kl(), "window_kl": kl}]
 
         return Measurement("wikitext2", measure, dataset="wikitext2")
 
@@ -373,19 +409,13 @@ def dense_similarity(frame, tasks: Sequence[KickTask], records_dir: str | Path):
 
     out = []
     for task in tasks:
-        path = Path(records_dir) / f"{task.name}.jsonl"
-        scores = frame[(frame.task == task.name) & (frame.metric == "score")]
-        if scores.empty or DENSE_LABEL not in set(scores.label) or not path.exists():
-            continue
-        grouped: dict[tuple, list[dict]] = {}
-        for record in read_records(path):
-            grouped.setdefault((record.get("label"), record.get("attempt")), []).append(record)
-        dense_attempt = scores[scores.label == DENSE_LABEL].attempt.iloc[-1]
-        dense = grouped.get((DENSE_LABEL, dense_attempt))
+        records = point_records(frame, task, records_dir)
+        dense = records.get(DENSE_LABEL)
         if not dense:
             continue
+        scores = frame[(frame.task == task.name) & (frame.metric == "score")]
         for _, row in scores.iterrows():
-            mine = grouped.get((row.label, row.attempt))
+            mine = records.get(row.label)
             if not mine:
                 continue
             if task.kind == "mmlu":
@@ -396,3 +426,112 @@ def dense_similarity(frame, tasks: Sequence[KickTask], records_dir: str | Path):
                         "similarity_measure": "1 - TV over choices" if task.kind == "mmlu" else
                         f"ROUGE-L F1 of {task.answer_field} vs dense"})
     return pd.DataFrame(out)
+
+
+# --------------------------------------------------------------------------- evidence per point: n, intervals, paired
+def point_records(frame, task: KickTask, records_dir: str | Path) -> dict[str, list[dict]]:
+    """label -> the records of `task` behind the score rows of `frame` (the attempts they name)."""
+    path = Path(records_dir) / f"{task.name}.jsonl"
+    scores = frame[(frame.task == task.name) & (frame.metric == "score")]
+    if scores.empty or not path.exists():
+        return {}
+    grouped: dict[tuple, list[dict]] = {}
+    for record in read_records(path):
+        grouped.setdefault((record.get("label"), record.get("attempt")), []).append(record)
+    out = {}
+    for label, attempt in zip(scores.label, scores.attempt):
+        if (label, attempt) in grouped:
+            out[label] = grouped[(label, attempt)]
+    return out
+
+
+def task_scorings(task: KickTask) -> list[str]:
+    """The aggregates of a task that have per-example scores: MMLU one per scoring, else the primary."""
+    if task.kind == "mmlu":
+        scorings = getattr(task.settings, "scorings", None) or ("loglik",)
+        return [f"{name}_micro_accuracy" for name in scorings]
+    return [task.score_key]
+
+
+def answer_field_for(task: KickTask, scoring: str) -> str:
+    """The record field compared with the dense answer under `scoring` (MMLU: that scoring's prediction)."""
+    if task.kind == "mmlu":
+        return f"{scoring.split('_micro_accuracy')[0]}_prediction"
+    return task.answer_field
+
+
+def evidence_table(frame, tasks: Sequence[KickTask], records_dir: str | Path, *, confidence: float = 0.95,
+                   seed: int = 0):
+    """One row per (point, task, scoring) from the saved records: n, score with its interval (Wilson
+    for 0/1 scores, t for ROUGE) and floor flag; for compressed points also the paired-bootstrap
+    difference from the dense score on the same examples and the agreement with the dense answers
+    (exact for short answers, ROUGE-L for free text) with its interval.
+
+    `frame` is a latest_frame frame; tasks without a dense record are left out."""
+    import pandas as pd
+
+    rows = []
+    for task in tasks:
+        records = point_records(frame, task, records_dir)
+        dense = records.get(DENSE_LABEL)
+        if dense is None:
+            continue
+        for scoring in task_scorings(task):
+            field = answer_field_for(task, scoring)
+            for label, mine in records.items():
+                summary = score_summary(example_scores(task.kind, scoring, mine), task.chance, confidence)
+                row = {"label": label, "task": task.name, "scoring": scoring, **summary}
+                if label != DENSE_LABEL:
+                    diff = paired_score_difference(task.kind, scoring, dense, mine, confidence=confidence, seed=seed)
+                    agree = score_summary(similarity_scores(task.kind, dense, mine, field), 0.0, confidence)
+                    row.update({"difference": diff["estimate"], "difference_low": diff["low"],
+                                "difference_high": diff["high"], "difference_interval": diff["interval"],
+                                "agreement": agree["score"], "agreement_low": agree["low"],
+                                "agreement_high": agree["high"], "agreement_interval": agree["interval"]})
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run_agreement(frame, task: KickTask, records_dir: str | Path, label_a: str, label_b: str, *,
+                  scoring: str | None = None, confidence: float = 0.95) -> dict | None:
+    """Agreement of two points' answers on the same examples (score_summary fields), e.g. one method
+    with two calibration seeds: the noise floor of "changed answers". None when either is missing."""
+    records = point_records(frame, task, records_dir)
+    if label_a not in records or label_b not in records:
+        return None
+    field = answer_field_for(task, scoring or task_scorings(task)[0])
+    return score_summary(similarity_scores(task.kind, records[label_a], records[label_b], field), 0.0, confidence)
+
+
+def perplexity_table(frame, *, confidence: float = 0.95, seed: int = 0):
+    """Per point: perplexity and mean KL with intervals over the evaluation windows, and the
+    perplexity ratio to dense as a paired bootstrap over the same windows (exp of the mean NLL difference).
+
+    Needs the per-window lists (`window_nll`, `window_kl`) the sweep records with every wikitext2 row."""
+    import numpy as np
+    import pandas as pd
+
+    from ..evaluation.uncertainty import t_interval
+
+    ppl = frame[(frame.metric == "perplexity") & frame.get("window_nll", pd.Series(index=frame.index)).notna()]
+    kl = frame[(frame.metric == "mean_kl") & frame.get("window_kl", pd.Series(index=frame.index)).notna()]
+    if ppl.empty:
+        raise ValueError("no perplexity row carries per-window NLL ('window_nll'); re-run the points with this "
+                         "version of KickSweep, which records them.")
+    nll = {label: np.asarray(v, dtype=float) for label, v in zip(ppl.label, ppl.window_nll)}
+    kls = {label: np.asarray(v, dtype=float) for label, v in zip(kl.label, kl.window_kl)}
+    dense = nll.get(DENSE_LABEL)
+    rows = []
+    for label, values in nll.items():
+        low, high = t_interval(values, confidence=confidence)
+        row = {"label": label, "windows": len(values), "perplexity": math.exp(values.mean()),
+               "perplexity_low": math.exp(low), "perplexity_high": math.exp(high)}
+        if label in kls:
+            row["mean_kl"] = float(kls[label].mean())
+            row["mean_kl_low"], row["mean_kl_high"] = t_interval(kls[label], confidence=confidence)
+        if dense is not None and label != DENSE_LABEL and len(dense) == len(values):
+            diff = paired_bootstrap(values, dense, confidence=confidence, seed=seed, unit="windows")
+            row.update({"perplexity_ratio": math.exp(diff["estimate"]), "perplexity_ratio_low": math.exp(diff["low"]),
+                        "perplexity_ratio_high": math.exp(diff["high"]), "ratio_interval": diff["interval"]})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("label")
