@@ -1,15 +1,12 @@
 """helpers.experiments.kick: comparisons with the dense model, storage bits, and the skip-on-re-run sweep."""
-import math
-
 import pytest
 import torch
 
 from helpers.compression.compress import Recipe, compress_model
 from helpers.data import evaluation_windows
-from helpers.experiments.kick import (KickSweep, KickTask, above_chance, add_normalized, answer_agreement,
-                                      evidence_table, perplexity_table, run_agreement,
-                          choice_distribution, choice_total_variation, dense_similarity, generation_similarity,
-                          retained)
+from helpers.experiments.kick import (KickSweep, KickTask, answer_agreement, choice_distribution,
+                                      choice_total_variation, evidence_table, generation_similarity, perplexity_table,
+                                      run_agreement)
 from helpers.experiments.core import Variant, latest_frame
 from helpers.evaluation.metrics import DenseReference
 from helpers.models import load_model
@@ -51,12 +48,6 @@ def test_generation_similarity_is_one_for_identical_text_and_lower_otherwise():
     assert generation_similarity(dense, changed) == pytest.approx(0.5)
 
 
-def test_normalizations():
-    assert retained(0.3, 0.6) == 0.5 and math.isnan(retained(0.1, 0.0))
-    assert above_chance(0.25, 0.45, 0.25) == 0.0 and above_chance(0.35, 0.45, 0.25) == pytest.approx(0.5)
-    assert math.isnan(above_chance(0.3, 0.2, 0.25))
-
-
 def test_sweep_records_every_task_beside_perplexity_and_skips_recorded_points(tmp_path):
     model, tokenizer = load_model("tiny-llama", layers=2, seed=3)
     windows = evaluation_windows(tokenizer, seq_len=32, max_windows=2)
@@ -82,10 +73,6 @@ def test_sweep_records_every_task_beside_perplexity_and_skips_recorded_points(tm
     assert 0 <= value["magnitude 50%", "kv", "agreement"] <= 1
     assert set(frame.label) == {"dense", "magnitude 0%", "magnitude 50%"}
     assert frame[frame.label == "magnitude 50%"].bits_per_weight.iloc[0] == pytest.approx(9.0, abs=0.01)
-    similarity = dense_similarity(frame, tasks, tmp_path / "records").set_index(["label", "task"])["value"]
-    assert similarity["dense", "kv"] == 1.0 and similarity["magnitude 0%", "kv"] == 1.0
-    assert similarity["magnitude 0%", "mmlu"] == pytest.approx(1.0)
-    assert 0 <= similarity["magnitude 50%", "kv"] <= 1
     # Evidence from the saved records: an unchanged model differs from dense by exactly 0 (no interval width),
     # agrees everywhere, and its perplexity ratio over the same windows is 1.
     evidence = evidence_table(frame, tasks, tmp_path / "records").set_index(["label", "task", "scoring"])
@@ -104,9 +91,6 @@ def test_sweep_records_every_task_beside_perplexity_and_skips_recorded_points(tm
         value["magnitude 50%", "wikitext2", "perplexity"] / value["dense", "wikitext2", "perplexity"])
     assert ppl.perplexity_low["dense"] < ppl.perplexity["dense"] < ppl.perplexity_high["dense"]
     assert ppl.mean_kl["magnitude 50%"] == pytest.approx(value["magnitude 50%", "wikitext2", "mean_kl"])
-    normalized = add_normalized(frame)
-    scores = normalized[(normalized.metric == "score") & (normalized.label == "magnitude 0%")]
-    assert ((scores.retained == 1.0) | scores.retained.isna()).all()
     # Records of every point are saved with their label, so judges can re-run; a re-run adds nothing.
     assert (tmp_path / "records" / "kv.jsonl").read_text().count('"label": "magnitude 50%"') == 2
     before = len(table.records())

@@ -11,6 +11,7 @@ measurement, so perplexity and every task score sit in one table.
                       records_dir="../results/03_records", protocol=protocol)
     sweep.run([parse_variant({"method": "wanda", "sparsity": 0.5})], tasks)
     frame = latest_frame(table, model="smollm2-135m", protocol=protocol)
+    evidence = evidence_table(frame, tasks, "../results/03_records")
 
 Beyond raw accuracy (meaningless when a small model sits at the floor), every task also records
 how much the compressed model's answers *agree* with the dense model's on the same examples:
@@ -18,6 +19,11 @@ exact agreement of normalized answers for short-answer tasks, ROUGE-L F1 against
 generation for free-form tasks, and for MMLU the total-variation distance between the dense and
 compressed distributions over the four answer letters. A model that changes its answers is
 measurably damaged even when both answer sets are mostly wrong.
+
+The evidence is recomputed from the saved answers (`evidence_table`, `perplexity_table`): n and a
+95% interval for every score, the paired-bootstrap difference from dense on the same examples, the
+agreement with the dense answers, and the per-window perplexity ratio; `run_agreement` gives the
+noise floor of "changed answers" (two calibration seeds of one method).
 
 Bits per weight ("equal model size") are counted by helpers.compression.storage, the one storage
 model, and recorded on every row with the name of its convention.
@@ -147,20 +153,6 @@ def choice_total_variation(dense_records: Sequence[dict], records: Sequence[dict
             raise ValueError(f"the records score different choices ({sorted(p)} vs {sorted(q)}).")
         values.append(0.5 * sum(abs(p[k] - q[k]) for k in p))
     return sum(values) / len(values)
-
-
-def retained(score: float, dense_score: float) -> float:
-    """score / dense score: the fraction of the dense model's score kept (nan when the dense score is 0)."""
-    if dense_score == 0 or not math.isfinite(dense_score):
-        return float("nan")
-    return score / dense_score
-
-
-def above_chance(score: float, dense_score: float, chance: float) -> float:
-    """Fraction of the dense model's margin over chance kept: (score - chance) / (dense - chance)."""
-    if dense_score <= chance:
-        return float("nan")
-    return (score - chance) / (dense_score - chance)
 
 
 # --------------------------------------------------------------------------- per-example scores and intervals
@@ -381,51 +373,6 @@ class KickSweep:
         points = ([Variant.dense()] if include_dense else []) + list(variants)
         measurements = [self.perplexity_measurement()] + [self.task_measurement(t) for t in tasks]
         self.runner.run(points, measurements, extra={"sweep": sweep})
-
-
-def add_normalized(frame, chance: dict[str, float] | None = None):
-    """Score rows gain `retained` (score / dense score) and `above_chance` (margin over chance kept) columns."""
-    frame = frame.copy()
-    scores = frame[frame.metric == "score"]
-    dense = scores[scores.label == DENSE_LABEL].groupby("task")["value"].last()
-    chance = chance or {}
-    frame["retained"] = [retained(v, dense.get(t, float("nan"))) if m == "score" else float("nan")
-                         for t, m, v in zip(frame.task, frame.metric, frame.value)]
-    frame["above_chance"] = [above_chance(v, dense.get(t, float("nan")), chance.get(t, 0.0)) if m == "score"
-                             else float("nan") for t, m, v in zip(frame.task, frame.metric, frame.value)]
-    return frame
-
-
-def dense_similarity(frame, tasks: Sequence[KickTask], records_dir: str | Path):
-    """Graded closeness to the dense model's answers, recomputed from the saved records.
-
-    One row per (point, task) of `frame` (a `latest_frame` frame; the records used are the
-    attempts its score rows name), metric "similarity": for MMLU 1 - total variation between the
-    dense and compressed distributions over the choices; for the other tasks the ROUGE-L F1 of the
-    compressed model's answer against the dense model's answer on the same example (1 = identical).
-    Exact agreement is all-or-nothing on free text; this measure moves with partial changes.
-    """
-    import pandas as pd
-
-    out = []
-    for task in tasks:
-        records = point_records(frame, task, records_dir)
-        dense = records.get(DENSE_LABEL)
-        if not dense:
-            continue
-        scores = frame[(frame.task == task.name) & (frame.metric == "score")]
-        for _, row in scores.iterrows():
-            mine = records.get(row.label)
-            if not mine:
-                continue
-            if task.kind == "mmlu":
-                value = 1.0 - choice_total_variation(dense, mine)
-            else:
-                value = generation_similarity(dense, mine, field=task.answer_field)
-            out.append({**row.to_dict(), "metric": "similarity", "value": value,
-                        "similarity_measure": "1 - TV over choices" if task.kind == "mmlu" else
-                        f"ROUGE-L F1 of {task.answer_field} vs dense"})
-    return pd.DataFrame(out)
 
 
 # --------------------------------------------------------------------------- evidence per point: n, intervals, paired
