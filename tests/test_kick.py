@@ -81,6 +81,7 @@ def test_sweep_records_every_task_beside_perplexity_and_skips_recorded_points(tm
     same = evidence.loc["magnitude 0%"]
     assert (same.difference == 0).all() and (same.difference_low == 0).all() and (same.difference_high == 0).all()
     assert (same.agreement == 1).all()
+    assert 0 <= evidence.loc[("dense", "kv", "accuracy"), "empty"] <= 1  # generated answers: share left empty
     assert run_agreement(frame, tasks[0], tmp_path / "records", "magnitude 0%", "dense")["score"] == 1.0
     assert run_agreement(frame, tasks[0], tmp_path / "records", "magnitude 0%", "nope") is None
     ppl = perplexity_table(frame)

@@ -412,7 +412,8 @@ def evidence_table(frame, tasks: Sequence[KickTask], records_dir: str | Path, *,
     """One row per (point, task, scoring) from the saved records: n, score with its interval (Wilson
     for 0/1 scores, t for ROUGE) and floor flag; for compressed points also the paired-bootstrap
     difference from the dense score on the same examples and the agreement with the dense answers
-    (exact for short answers, ROUGE-L for free text) with its interval.
+    (exact for short answers, ROUGE-L for free text) with its interval. Generated answers also get
+    `empty`, the share of examples answered with nothing (a model that ends its turn at once).
 
     `frame` is a latest_frame frame; tasks without a dense record are left out."""
     import pandas as pd
@@ -428,6 +429,8 @@ def evidence_table(frame, tasks: Sequence[KickTask], records_dir: str | Path, *,
             for label, mine in records.items():
                 summary = score_summary(example_scores(task.kind, scoring, mine), task.chance, confidence)
                 row = {"label": label, "task": task.name, "scoring": scoring, **summary}
+                if all("generation" in r for r in mine):  # a model that stops answering fails differently
+                    row["empty"] = sum(not str(r["generation"]).strip() for r in mine) / len(mine)
                 if label != DENSE_LABEL:
                     diff = paired_score_difference(task.kind, scoring, dense, mine, confidence=confidence, seed=seed)
                     agree = score_summary(similarity_scores(task.kind, dense, mine, field), 0.0, confidence)

@@ -98,8 +98,10 @@ PROFILES: dict[str, dict[str, dict]] = {
         # tasks clearly above the floor, the focus tasks at RTN 8-bit and SparseGPT 50%)
         "cpu": {},
         # the knowledge tasks on the second model: Gemma-3-270M (base), where SmolLM2 sits at the floor; only the
-        # short-answer knowledge tasks (the sweep picks those clearly above the floor: TriviaQA closed book)
+        # short-answer knowledge tasks (the sweep picks those clearly above the floor: TriviaQA closed book);
+        # N:M at 2:4 only (the stricter pattern) to fit the session: ~2.3 min per point on 2 cores
         "long": {"model": "gemma3-270m", "run_name": "gemma3", "eval_windows": 8, "mmlu_examples": 0,
+                 "nm_patterns": ["2:4"],
                  "nq_open_examples": 0, "kv_examples": 0, "summarization_examples": 0, "instruction_examples": 0,
                  "focus_tasks": [], "focus_points": [], "seed_repeats": ["sparsegpt"], "ablation_methods": [],
                  "results_path": "../results/03_llm_kick_gemma3.jsonl",
