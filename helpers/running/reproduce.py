@@ -8,7 +8,8 @@ Profiles:
 - `tiny`: a random-weight tiny model and very short contexts; checks that the code runs (CI).
 - `cpu`: each notebook's own defaults (its `parameters` cell); the committed outputs and figures.
 - `long`: a second committed run on another offline model, beyond the cpu budget (notebook 01:
-  Gemma-3-270M at 16K tokens; notebook 04: Gemma-3-270M, the main comparison at one sparsity); only
+  Gemma-3-270M at 16K tokens; notebook 03: the knowledge tasks on Gemma-3-270M, where SmolLM2 is at
+  the floor; notebook 04: Gemma-3-270M, the main comparison at one sparsity); only
   notebooks with a `long` entry run. With `--inplace` its figures (named with
   the run's suffix) go to figures/, its results to results/ and its executed copy to
   `notebooks/runs/<name>.long.ipynb`; the committed notebook keeps the cpu run.
