@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -40,10 +41,20 @@ def test_reference_protocol_records_a_row_per_configuration_and_resumes(tmp_path
 
 
 def test_gpu_check_script_runs_on_the_cpu(tmp_path):
-    printed = run("gpu_check.py", "--device", "cpu", "--quick", "--tokens", "256", "--output",
-                  str(tmp_path / "gpu.csv"), tmp_path=tmp_path)
+    printed = run("gpu_check.py", "--device", "cpu", "--quick", "--tokens", "256", "--only", "layers", "end-to-end",
+                  "engine", "long-kl", "--output", str(tmp_path / "gpu.csv"), tmp_path=tmp_path)
     rows = list(csv.DictReader(open(tmp_path / "gpu.csv")))
     assert len(rows) == 3 * 4 + 2 and all(row["finite"] == "True" for row in rows)
     assert {row["config"] for row in rows if row["check"] == "layer"} == {
         "sparsegpt 50%", "sparsegpt 2:4", "gptq 4-bit", "gptq 4-bit g128 act-order"}
-    assert "device: cpu" in printed
+    engine = {row["config"]: row for row in csv.DictReader(open(tmp_path / "gpu_engine.csv"))}
+    assert set(engine) == {"sparsegpt 50%", "gptq 4-bit g128"}
+    assert abs(float(engine["sparsegpt 50%"]["achieved_sparsity"]) - 0.5) < 1e-3
+    assert all(row["blocks_back_home"] == "True" and row["finite"] == "True" for row in engine.values())
+    long_kl = list(csv.DictReader(open(tmp_path / "gpu_long_kl.csv")))
+    assert [int(row["context"]) for row in long_kl] == [64, 128, 256] * 2
+    assert all(float(row["mean_kl"]) > 0 for row in long_kl if row["mean_kl"])
+    protocol = json.loads((tmp_path / "gpu.json").read_text())
+    assert {k: v["status"] for k, v in protocol["sections"].items()} == {
+        "layers": "ok", "end-to-end": "ok", "engine": "ok", "long-kl": "ok"}
+    assert "device: " in printed and "torch: " in printed

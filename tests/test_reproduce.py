@@ -162,3 +162,47 @@ def test_summary_carries_the_verdict_tables(tmp_path):
     assert "### second run" in rp.write_summary(tmp_path, "cpu").read_text()
     with pytest.raises(ValueError, match="_verdicts"):
         save_verdicts([], "04_table", tmp_path, title="t")
+
+
+def test_notebook_defaults_agree_with_papermill_on_every_committed_notebook():
+    import papermill
+
+    for notebook in rp.find_notebooks(rp.REPO_ROOT / "notebooks"):
+        ours = rp.notebook_defaults(notebook)
+        theirs = papermill.inspect_notebook(str(notebook))
+        assert set(ours) == set(theirs), notebook.name
+        for name, parameter in theirs.items():
+            assert ours[name] == eval(parameter["default"]), (notebook.name, name)  # literals only
+
+
+def test_parse_overrides_takes_literals_and_bare_strings():
+    assert rp.parse_overrides(["device=cuda", "max_windows=2", "seeds=[0, 1]", "dtype='float16'", "x=None"]) == {
+        "device": "cuda", "max_windows": 2, "seeds": [0, 1], "dtype": "float16", "x": None}
+    for bad in ("device", "=cuda", "two words=1"):
+        with pytest.raises(ValueError, match="NAME=VALUE"):
+            rp.parse_overrides([bad])
+
+
+def test_in_process_run_injects_overrides_and_names_the_failing_cell(tmp_path, monkeypatch):
+    source = tmp_path / "notebooks"
+    write_notebook(source / "00_ok.ipynb", WRITES_RESULTS, parameters=(
+        'profile = "cpu"\nvalue = 1\nname = "ok"\nresults_path = "../results/ok.jsonl"\ndevice = "cpu"'))
+    write_notebook(source / "01_bad.ipynb", "assert device == 'cpu', device", parameters='profile = "cpu"\ndevice = "cpu"')
+    write_notebook(source / "02_nodevice.ipynb", "print(value)")
+    monkeypatch.setitem(rp.PROFILES, "00_ok", {"tiny": {"value": 3}})
+    out = tmp_path / "out"
+    lines = []
+    outcomes = rp.reproduce("tiny", notebooks_dir=source, output_dir=out, overrides={"device": "meta"}, kernel=False,
+                            log=lines.append)
+    by_name = {o.notebook: o for o in outcomes}
+    assert by_name["00_ok"].status == "ran" and by_name["00_ok"].parameters == {
+        "value": 3, "profile": "tiny", "device": "meta"}
+    assert (out / "results" / "ok.jsonl").read_text() == '{"value": 3}\n'   # ran with cwd = out/notebooks
+    assert not (out / "notebooks" / "00_ok.ipynb").exists()                 # no executed copy without a kernel
+    assert by_name["01_bad"].status == "failed" and "cell 2" in by_name["01_bad"].error
+    assert "meta" in by_name["01_bad"].error
+    assert by_name["02_nodevice"].status == "ran" and "device" not in by_name["02_nodevice"].parameters
+    again = rp.reproduce("tiny", notebooks_dir=source, output_dir=out, kernel=False, log=lines.append)
+    assert [o.status for o in again] == ["ran", "ran", "ran"]  # no override now; nothing skipped (no executed copy)
+    with pytest.raises(ValueError, match="--inplace"):
+        rp.reproduce("cpu", notebooks_dir=source, output_dir=out, inplace=True, kernel=False)

@@ -115,12 +115,23 @@ def capture_block_inputs(model: nn.Module, input_ids: torch.Tensor, *, batch_siz
 
 
 @torch.no_grad()
-def _run_block(block: nn.Module, hidden: list[torch.Tensor], arguments: list[tuple[tuple, dict]]) -> list[torch.Tensor]:
-    outputs = []
-    for h, (args, kwargs) in zip(hidden, arguments):
+def _run_block(block: nn.Module, hidden: list[torch.Tensor], arguments: list[tuple[tuple, dict]], *,
+               keep: bool = True, in_place: bool = False) -> list[torch.Tensor] | None:
+    """The block's outputs for every batch. keep=False runs it for its hooks only and holds no outputs (a
+    statistics pass whose outputs nobody reads); in_place=True writes each batch's output over its input in
+    `hidden` (propagation: the inputs are not read again). Either saves one [samples, tokens, hidden]
+    copy of the calibration activations on the device."""
+    outputs = hidden if in_place else []
+    for index, (h, (args, kwargs)) in enumerate(zip(hidden, arguments)):
         out = block(h, *args, **kwargs)
-        outputs.append(out[0] if isinstance(out, tuple) else out)
-    return outputs
+        out = out[0] if isinstance(out, tuple) else out
+        if in_place:
+            del h
+            hidden[index] = out
+        elif keep:
+            outputs.append(out)
+        del out
+    return outputs if keep or in_place else None
 
 
 @torch.no_grad()
@@ -197,15 +208,20 @@ def run_layerwise(model: nn.Module, input_ids: torch.Tensor, method: LayerMethod
             linears = {n: m for n, m in linears.items() if layer_filter(n)}
         groups = sequential_groups(block, hidden, arguments, linears) if true_sequential else [list(linears)]
         dense_out = None
+        # the first statistics pass sees the dense block: its outputs are the next block's inputs only when
+        # nothing is compressed or the dense outputs are propagated; otherwise they are not kept
+        reuse_dense = not (modifies and propagate_compressed)
         for group in groups:
             t0 = time.perf_counter()
             collectors = {n: method.collector(n, linears[n]) for n in group}
             collectors = {n: c for n, c in collectors.items() if c is not None}
             if collectors:
+                keep = reuse_dense and group is groups[0]
                 with input_hooks({n: linears[n] for n in collectors}, lambda n, x: collectors[n].add_batch(x)):
-                    out = _run_block(block, hidden, arguments)
-                if group is groups[0]:  # nothing compressed yet: the dense block's outputs
+                    out = _run_block(block, hidden, arguments, keep=keep)
+                if keep:  # nothing compressed yet: the dense block's outputs
                     dense_out = out
+                del out
             t1 = time.perf_counter()
             if hasattr(method, "transform_block"):  # e.g. AWQ-style scaling, from this block's statistics
                 method.transform_block(block, linears, collectors)
@@ -215,10 +231,8 @@ def run_layerwise(model: nn.Module, input_ids: torch.Tensor, method: LayerMethod
             report.seconds_statistics += t1 - t0
             report.seconds_compression += time.perf_counter() - t1
         t2 = time.perf_counter()
-        if dense_out is None or (modifies and propagate_compressed):
-            hidden = _run_block(block, hidden, arguments)
-        else:
-            hidden = dense_out
+        hidden = _run_block(block, hidden, arguments, in_place=True) if dense_out is None else dense_out
+        dense_out = None
         t3 = time.perf_counter()
         report.seconds_propagation += t3 - t2
         block.to(home)

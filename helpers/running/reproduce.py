@@ -171,16 +171,26 @@ def find_notebooks(folder: Path, only: list[str] | None = None) -> list[Path]:
     return found
 
 
-def notebook_defaults(notebook: Path) -> dict:
-    """The values of the notebook's `parameters` cell (literals only; others are left out)."""
-    import papermill
+def _code_cells(notebook: Path) -> list[dict]:
+    """The notebook's code cells as plain dicts (source joined), read as JSON: no jupyter package needed."""
+    cells = json.loads(Path(notebook).read_text(encoding="utf-8"))["cells"]
+    return [{"source": "".join(c["source"]) if isinstance(c["source"], list) else c["source"],
+             "tags": c.get("metadata", {}).get("tags", [])} for c in cells if c["cell_type"] == "code"]
 
+
+def notebook_defaults(notebook: Path) -> dict:
+    """The values of the notebook's `parameters` cell (literal assignments only; others are left out),
+    as papermill reads them, without needing papermill."""
     defaults = {}
-    for name, parameter in papermill.inspect_notebook(str(notebook)).items():
-        try:
-            defaults[name] = ast.literal_eval(parameter["default"])
-        except (ValueError, SyntaxError):
+    for cell in _code_cells(notebook):
+        if "parameters" not in cell["tags"]:
             continue
+        for node in ast.parse(cell["source"]).body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                try:
+                    defaults[node.targets[0].id] = ast.literal_eval(node.value)
+                except ValueError:
+                    continue
     return defaults
 
 
@@ -278,6 +288,45 @@ def execute(notebook: Path, output: Path, parameters: dict, cwd: Path, *, profil
         raise error
 
 
+def execute_in_process(notebook: Path, parameters: dict, cwd: Path, *, log=print) -> float:
+    """Run the notebook's code cells in this Python process, `parameters` assigned right after the
+    `parameters` cell (as papermill injects them); returns the seconds taken.
+
+    For machines without a Jupyter kernel (a lent GPU with only torch installed): the same cells run,
+    no executed copy is written and figures go where the notebook saves them. `display` prints the
+    object's text form. A failing cell raises RuntimeError naming the cell's number and first line.
+    """
+    import traceback
+
+    import matplotlib
+    matplotlib.use("Agg")
+    cells = _code_cells(notebook)
+    if not any("parameters" in cell["tags"] for cell in cells):
+        raise ValueError(f"{notebook} has no cell tagged 'parameters'; expected one (papermill's convention).")
+    cwd = Path(cwd)
+    cwd.mkdir(parents=True, exist_ok=True)
+    namespace = {"__name__": "__main__", "display": lambda *objects: print(*objects)}
+    injected = "\n".join(f"{name} = {value!r}" for name, value in parameters.items())
+    started = time.perf_counter()
+    previous = Path.cwd()
+    os.chdir(cwd)
+    try:
+        for number, cell in enumerate(cells, 1):
+            try:
+                exec(compile(cell["source"], f"<{Path(notebook).stem} cell {number}>", "exec"), namespace)
+                if "parameters" in cell["tags"] and injected:
+                    exec(compile(injected, f"<{Path(notebook).stem} injected parameters>", "exec"), namespace)
+            except Exception as err:  # noqa: BLE001 - named with its cell, then raised
+                first = next((line for line in cell["source"].splitlines() if line.strip()), "")
+                log(traceback.format_exc(limit=-6))
+                raise RuntimeError(f"cell {number} ({first[:60]!r}) failed: {type(err).__name__}: {err}") from err
+    finally:
+        os.chdir(previous)
+        import matplotlib.pyplot as plt
+        plt.close("all")
+    return time.perf_counter() - started
+
+
 @dataclass
 class Outcome:
     notebook: str
@@ -291,11 +340,17 @@ class Outcome:
 def reproduce(profile: str, *, only: list[str] | None = None, redo: bool = False,
               output_dir: Path | None = None, inplace: bool = False,
               notebooks_dir: Path | None = None, repo_root: Path = REPO_ROOT,
-              log=print) -> list[Outcome]:
-    """Run the notebooks of `notebooks_dir` in `profile`; one failure does not stop the others."""
-    if inplace and profile not in INPLACE_PROFILES:
+              overrides: dict | None = None, kernel: bool = True, log=print) -> list[Outcome]:
+    """Run the notebooks of `notebooks_dir` in `profile`; one failure does not stop the others.
+
+    overrides: parameters set on top of the profile's (e.g. {"device": "cuda"}), for every notebook that
+    declares them. kernel=False runs the code cells in this process (`execute_in_process`): no executed
+    copy, every notebook runs (nothing is skipped), for a machine with torch but no Jupyter.
+    """
+    if inplace and (profile not in INPLACE_PROFILES or overrides or not kernel):
         raise ValueError(f"--inplace writes into the committed notebooks, figures and results, which carry the "
-                         f"{' and '.join(INPLACE_PROFILES)} profiles' runs; it cannot be used with --profile {profile}.")
+                         f"{' and '.join(INPLACE_PROFILES)} profiles' runs made with a kernel and no --set; "
+                         f"it cannot be used with --profile {profile}, --set or --no-kernel.")
     repo_root = Path(repo_root).resolve()
     notebooks_dir = Path(notebooks_dir or repo_root / "notebooks").resolve()
     output_dir = Path(output_dir or repo_root / "build" / profile).resolve()
@@ -316,18 +371,23 @@ def reproduce(profile: str, *, only: list[str] | None = None, redo: bool = False
         prefix = f"[{index}/{len(notebooks)}] {notebook.stem}"
         try:
             parameters = profile_parameters(notebook, profile)
+            declared = notebook_defaults(notebook)
+            parameters.update({k: v for k, v in (overrides or {}).items() if k in declared})
         except Exception as err:  # noqa: BLE001 - an unreadable notebook is one failure among others
             outcomes.append(Outcome(notebook.stem, "failed", error=f"{type(err).__name__}: {err}"))
             log(f"{prefix}: FAILED to read its parameters: {err}")
             continue
-        if not redo and is_up_to_date(notebook, output, parameters, cwd):
+        if kernel and not redo and is_up_to_date(notebook, output, parameters, cwd):
             outcomes.append(Outcome(notebook.stem, "skipped", output=output, parameters=parameters))
             log(f"{prefix}: up to date, skipped (--redo to run it anyway)")
             continue
         log(f"{prefix}: running with {parameters or 'its defaults'} ...")
         started = time.perf_counter()
         try:
-            execute(notebook, output, parameters, cwd, profile=profile, root=repo_root)
+            if kernel:
+                execute(notebook, output, parameters, cwd, profile=profile, root=repo_root)
+            else:
+                execute_in_process(notebook, parameters, cwd, log=log)
         except Exception as err:  # noqa: BLE001 - report at the end, go on with the next notebook
             seconds = time.perf_counter() - started
             message = _short_error(err)
@@ -335,7 +395,9 @@ def reproduce(profile: str, *, only: list[str] | None = None, redo: bool = False
             log(f"{prefix}: FAILED after {seconds:.0f} s: {message}")
             continue
         seconds = time.perf_counter() - started
-        if inplace and profile == "cpu":
+        if not kernel:
+            output = None
+        elif inplace and profile == "cpu":
             shutil.copyfile(output, notebook)
         elif inplace:  # a second committed run beside the notebook, which keeps the cpu run
             copy = notebooks_dir / "runs" / f"{notebook.stem}.{profile}.ipynb"
@@ -413,7 +475,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--inplace", action="store_true",
                         help="cpu / long: write the executed notebook over notebooks/ (long: notebooks/runs/), "
                              "figures into figures/ and results into results/")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="overrides",
+                        help="set a parameter on top of the profile's, in every notebook that declares it; VALUE "
+                             "is a Python literal or a bare string (e.g. --set device=cuda --set dtype=float16)")
+    parser.add_argument("--no-kernel", action="store_true",
+                        help="run the code cells in this process (no Jupyter needed, no executed copy written; "
+                             "for a machine with torch alone)")
     return parser
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """['device=cuda', 'max_windows=2'] -> {'device': 'cuda', 'max_windows': 2}; a value that is no Python
+    literal is taken as a string."""
+    overrides = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.isidentifier():
+            raise ValueError(f"--set {pair!r}: expected NAME=VALUE with NAME a parameter name, e.g. device=cuda.")
+        try:
+            overrides[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[name] = value
+    return overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -421,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars are noise in executed notebooks
     try:
         outcomes = reproduce(args.profile, only=args.only, redo=args.redo, output_dir=args.output_dir,
-                             inplace=args.inplace)
+                             inplace=args.inplace, overrides=parse_overrides(args.overrides),
+                             kernel=not args.no_kernel)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
