@@ -16,11 +16,15 @@ Sections (--only picks some; each one that fails is reported and the others stil
   SparseGPT 50% and GPTQ 4-bit g128 through the engine on the device from 128 x 2048 calibration tokens:
   seconds per block (statistics / solve / propagation), peak device memory beside one block's and the whole
   model's size, and where the blocks are afterwards (the engine moves one block at a time and puts it back).
+- engine-budget: the engine under a device memory budget (1.15x the per-block peak of a 2-block model,
+  set with torch.cuda.set_per_process_memory_fraction) compressing a model larger than that budget.
 - long-kl: a random-weight model of LLaMA-2-7B-32K's shapes (2 blocks, float16, linear RoPE x8, on the
   device): the dense reference and KL(dense || RTN 4-bit g128) per position on one window at each context
   (4K ... 32K): seconds and peak device memory against context.
 - notebooks: every notebook in the `tiny` profile with `device` set to this device, its code cells run in
   this process (`helpers.running.reproduce --no-kernel`: no Jupyter on the device).
+- rehearsal: the paper profile on this device (`helpers.running.rehearsal`): every notebook with the paper
+  profile's parameters, the hub ids served by tiny stand-in checkpoints, sizes cut to seconds.
 
 Tables go to `--output` (layers and end-to-end rows, CSV) and beside it `<stem>_<section>.csv`, with the
 protocol in `<stem>.json`; nothing here needs the model hub.
@@ -206,6 +210,68 @@ def long_kl_rows(device: str, quick: bool) -> list[dict]:
     return rows
 
 
+def engine_budget_rows(device: str, quick: bool) -> list[dict]:
+    """The engine under a device memory budget smaller than the model: SparseGPT 50% of a 2-block model of
+    Llama-2-7B's shapes (float16, on the CPU) gives the per-block peak; the budget is set to 1.15x that peak
+    (torch.cuda.set_per_process_memory_fraction) and a model with enough blocks to exceed it is compressed."""
+    size = "quick" if quick else "full"
+    samples, tokens = (4, 64) if quick else (16, 2048)
+    cuda = device.startswith("cuda")
+    dtype = torch.float16 if cuda else torch.float32
+    generator = torch.Generator().manual_seed(0)
+    rows, budget = [], None
+    blocks = 2
+    while True:
+        model = llama_shaped(size, blocks=blocks, dtype=dtype, device=device if cuda else "cpu").to("cpu")
+        if cuda:
+            torch.cuda.empty_cache()
+        model_gib = gib(sum(p.numel() * p.element_size() for p in model.parameters()))
+        calibration = torch.randint(0, model.config.vocab_size, (samples, tokens), generator=generator)
+        if budget is not None and cuda:
+            torch.cuda.set_per_process_memory_fraction(budget / gib(torch.cuda.get_device_properties(0).total_memory))
+        reset_peak(device)
+        start = time.perf_counter()
+        try:
+            report = compress_model(model, Recipe(method="sparsegpt", sparsity=0.5), calibration_ids=calibration,
+                                    device=device, progress=False)
+            status, sparsity = "ok", report.achieved_sparsity
+        except torch.OutOfMemoryError as err:
+            status, sparsity = f"out of memory: {str(err).splitlines()[0][:100]}", float("nan")
+        finally:
+            if cuda:
+                torch.cuda.set_per_process_memory_fraction(1.0)
+        synchronize(device)
+        rows.append({"check": "engine under a memory budget", "blocks": blocks, "model_gib": model_gib,
+                     "budget_gib": budget if budget is not None else float("nan"), "calibration": f"{samples} x {tokens}",
+                     "seconds": time.perf_counter() - start, "peak_gib": peak(device), "status": status,
+                     "achieved_sparsity": sparsity, "finite": status == "ok"})
+        del model
+        if budget is not None or not cuda:
+            return rows
+        budget = 1.15 * rows[0]["peak_gib"]
+        per_block = (rows[0]["model_gib"] - gib(2 * 32000 * 4096 * 2)) / 2 if not quick else 0.0
+        blocks = max(4, int((budget - gib(2 * 32000 * 4096 * 2)) / per_block) + 2) if per_block else 4
+
+
+def rehearsal_rows(device: str, quick: bool) -> list[dict]:
+    """The paper profile rehearsed on this device (helpers.running.rehearsal: every notebook with the paper
+    profile's parameters on stand-in hub checkpoints, sizes cut to seconds), in its own process."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        outcomes = Path(folder) / "outcomes.json"
+        completed = subprocess.run([sys.executable, "-m", "helpers.running.rehearsal", "--device", device,
+                                    "--output-dir", folder, "--json", str(outcomes), "--set", "judges=['rouge']"],
+                                   capture_output=True, text=True)
+        print(completed.stdout[-3000:], completed.stderr[-3000:])
+        found = json.loads(outcomes.read_text()) if outcomes.exists() else []
+    return [{"notebook": o["notebook"], "model": o["parameters"].get("model"), "dtype": o["parameters"].get("dtype"),
+             "device": o["parameters"].get("device"), "status": o["status"], "seconds": o["seconds"],
+             "error": o["error"]} for o in found] or [{"notebook": "(none)", "status": "failed",
+                                                      "error": completed.stderr[-300:]}]
+
+
 def notebook_rows(device: str, quick: bool, dtypes: tuple[str, ...] = ("float32",)) -> list[dict]:
     """Every notebook in the tiny profile with device=<device> (and each dtype), run in this process."""
     import tempfile
@@ -223,8 +289,8 @@ def notebook_rows(device: str, quick: bool, dtypes: tuple[str, ...] = ("float32"
     return rows
 
 
-SECTIONS = {"layers": None, "end-to-end": None, "engine": engine_rows, "long-kl": long_kl_rows,
-            "notebooks": notebook_rows}
+SECTIONS = {"layers": None, "end-to-end": None, "engine": engine_rows, "engine-budget": engine_budget_rows,
+            "long-kl": long_kl_rows, "notebooks": notebook_rows, "rehearsal": rehearsal_rows}
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -295,7 +361,7 @@ def main(argv=None) -> int:
             traceback.print_exc()
             rows, status = [], f"failed: {type(err).__name__}: {err}"
         good = status == "ok" and all(row.get("finite", True) for row in rows) and \
-            all(row.get("status", "ran") == "ran" for row in rows) and all(row.get("blocks_back_home", True)
+            all(row.get("status", "ok") in ("ok", "ran") for row in rows) and all(row.get("blocks_back_home", True)
                                                                           for row in rows)
         ok &= good
         protocol["sections"][section] = {"status": status if good or status != "ok" else "check failed",

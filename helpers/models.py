@@ -46,13 +46,34 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # CPU flags of bfloat16 matrix units (Linux /proc/cpuinfo names)
+
+
+def cpu_bf16_flags() -> set[str]:
+    """Which of BF16_FLAGS this CPU reports (empty where there are none, or no /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return {flag for flag in line.split(":", 1)[1].split() if flag in BF16_FLAGS}
+    return set()
+
+
+def _resolve_dtype(dtype: str | torch.dtype, device: torch.device | None = None) -> torch.dtype:
+    """A dtype name, or "auto": bfloat16 on a CPU with bf16 matrix units (float32 on one without), bfloat16 on
+    a GPU that supports it (float16 on one that does not)."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == "auto":
+        if device is not None and device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_bf16_flags() else torch.float32
     table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
              "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
     if dtype not in table:
-        raise ValueError(f"dtype={dtype!r} is not known; expected one of {sorted(table)}.")
+        raise ValueError(f"dtype={dtype!r} is not known; expected 'auto' or one of {sorted(table)}.")
     return table[dtype]
 
 
@@ -225,8 +246,8 @@ class ModelInfo:
 def load_model(name: str = "smollm2-135m", *, dtype: str | torch.dtype = "float32",
                device: str | torch.device | None = "cpu", seed: int = 0, **tiny_overrides):
     """Load `(model, tokenizer)`; see the module docstring for the accepted names."""
-    torch_dtype = _resolve_dtype(dtype)
     target = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype, target)
     if name in OFFLINE_ALIASES:
         model, tokenizer = _load_offline(name, torch_dtype)
         source = OFFLINE_ALIASES[name]

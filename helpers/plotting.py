@@ -94,7 +94,8 @@ def save_figure(fig, name: str, output_dir: str | Path, table, *, finding: str |
     return png
 
 
-VERDICTS = ("reproduced", "partly", "not reproduced", "untestable here")
+# the one list of verdicts (helpers.claims.rules decides them; their meanings are written there)
+VERDICTS = ("reproduced", "partly", "not reproduced", "inconclusive", "untestable here")
 VERDICT_COLUMNS = ("claim", "measured", "verdict", "why")
 
 

@@ -41,7 +41,8 @@ def group_scores(weight: torch.Tensor, settings: QuantSettings, *, hessian_diago
         return groups.abs().amax(dim=2)
     if rule == "random":
         generator = torch.Generator().manual_seed(layer_seed(seed, name))
-        return torch.rand(rows, groups.shape[1], generator=generator).to(w.device)
+        return torch.rand(rows, groups.shape[1], generator=generator, device="cpu",  # same choice on every device
+                          dtype=torch.float32).to(w.device)
     if rule == "hessian":
         if hessian_diagonal is None:
             raise ValueError(f"protect_rule='hessian' needs the Hessian diagonal of layer {name or '?'!r} "

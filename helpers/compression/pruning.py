@@ -85,7 +85,8 @@ def layer_seed(seed: int, name: str) -> int:
 def random_mask(weight: torch.Tensor, sparsity: float, pattern: Pattern = Pattern(), *, seed: int = 0,
                 name: str = "") -> torch.Tensor:
     generator = torch.Generator().manual_seed(layer_seed(seed, name))
-    score = torch.rand(weight.shape, generator=generator).to(weight.device)
+    # drawn on the CPU in float32 whatever the weight's device: the same mask on every device
+    score = torch.rand(weight.shape, generator=generator, device="cpu", dtype=torch.float32).to(weight.device)
     return mask_from_scores(score, sparsity, pattern, group="matrix")
 
 

@@ -239,9 +239,9 @@ def pruning_error_estimate(weight: torch.Tensor, hessian: torch.Tensor, sparsity
 
 def kmeans_1d(values: Sequence[float], clusters: int, iterations: int = 100) -> list[int]:
     """Lloyd's k-means on a line, started at evenly spaced quantiles; labels ordered by centre (0 = lowest)."""
-    x = torch.tensor(list(values), dtype=torch.float64)
+    x = torch.tensor(list(values), dtype=torch.float64, device="cpu")  # host-side: a few numbers per layer
     clusters = min(clusters, int(x.unique().numel()))
-    centres = torch.quantile(x, torch.linspace(0, 1, clusters, dtype=torch.float64))
+    centres = torch.quantile(x, torch.linspace(0, 1, clusters, dtype=torch.float64, device="cpu"))
     labels = None
     for _ in range(iterations):
         new = (x[:, None] - centres[None, :]).abs().argmin(dim=1)

@@ -26,6 +26,7 @@ from ..data import evaluation_windows
 from ..compression.export import check_exportable, save_compressed
 from ..compression.storage import sparsity_report
 from ..evaluation.metrics import DenseReference, evaluate
+from ..claims import board as claims_board
 from ..experiments.core import DENSE_LABEL as DENSE
 from ..models import load_model
 from ..results import ResultsTable
@@ -397,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     shape.add_argument("--bins-per-octave", type=int, default=2, help="log-spaced position bins for the slope")
     shape.add_argument("--confidence", type=float, default=0.95, help="level of the t-interval over windows")
     context.set_defaults(func=command_context_kl)
+    verdicts = sub.add_parser("verdicts", help="the claims board: every claim's verdict from tidy results (helpers.claims)")
+    verdicts.add_argument("folder", nargs="?", default="results", help="folder of tidy result files (default results/)")
+    verdicts.set_defaults(func=lambda args: claims_board.main([args.folder]))
     return parser
 
 

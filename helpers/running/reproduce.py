@@ -118,6 +118,8 @@ PROFILES: dict[str, dict[str, dict]] = {
                   "nq_closed_examples": None, "nq_open_examples": None, "passage_chars": 3072, "kv_examples": 100,
                   "kv_pairs": 20, "kv_long_pairs": 50, "summarization_examples": 90, "summary_article_tokens": 1536,
                   "summary_new_tokens": 256, "instruction_examples": 80, "instruction_new_tokens": 512,
+                  "judges": ["rouge", "embedding"], "openai_judge_base_url": "https://api.openai.com/v1",
+                  "openai_judge_model": "gpt-4",
                   "dense_only_tasks": [], "focus_points": [{"method": "rtn", "bits": 8}, {"method": "gptq", "bits": 4},
                                                            {"method": "wanda", "sparsity": 0.5},
                                                            {"method": "sparsegpt", "sparsity": 0.5}],

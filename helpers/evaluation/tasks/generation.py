@@ -104,16 +104,17 @@ def pad_token_id(tokenizer, eos_ids: list[int]) -> int:
     return eos_ids[0] if eos_ids else 0
 
 
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[batch, width] ids and attention mask, each row right-aligned (left padding)."""
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """[batch, width] ids and attention mask on `device`, each row right-aligned (left padding)."""
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device="cpu")
+    mask = torch.zeros((len(rows), width), dtype=torch.long, device="cpu")
     for row, seq in enumerate(rows):
         if len(seq):
-            ids[row, width - len(seq):] = torch.tensor(list(seq), dtype=torch.long)
+            ids[row, width - len(seq):] = torch.tensor(list(seq), dtype=torch.long, device="cpu")
             mask[row, width - len(seq):] = 1
-    return ids, mask
+    return ids.to(device), mask.to(device)
 
 
 class _FirstLineStop:
@@ -168,10 +169,10 @@ def generate(model, tokenizer, prompts: Sequence[str], settings: GenerationSetti
     bar = tqdm(total=len(prompts), desc=description, disable=not settings.progress)
     for start in range(0, len(order), settings.batch_size):
         batch = order[start:start + settings.batch_size]
-        ids, mask = left_pad([encoded[i] for i in batch], pad_id)
+        ids, mask = left_pad([encoded[i] for i in batch], pad_id, device)
         width = ids.shape[1]
         stopping = StoppingCriteriaList([_FirstLineStop(tokenizer, width)]) if settings.stop_at_newline else None
-        output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+        output = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
                                 max_new_tokens=settings.max_new_tokens, pad_token_id=pad_id,
                                 eos_token_id=eos_ids or None, stopping_criteria=stopping,
                                 temperature=None, top_p=None, top_k=None)

@@ -302,9 +302,9 @@ def _score_generate(model, tokenizer, fitted, records, settings: MMLUSettings, f
     bar = tqdm(total=len(order), desc="MMLU letter generation", disable=not settings.progress)
     for start in range(0, len(order), settings.batch_size):
         batch = order[start:start + settings.batch_size]
-        ids, mask = left_pad([fitted[i]["ids"] for i in batch], pad_id)
+        ids, mask = left_pad([fitted[i]["ids"] for i in batch], pad_id, device)
         with torch.no_grad():
-            output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+            output = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
                                     max_new_tokens=settings.letter_tokens, pad_token_id=pad_id,
                                     eos_token_id=eos_ids or None, temperature=None, top_p=None, top_k=None)
         for row, index in enumerate(batch):

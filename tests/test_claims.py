@@ -1,0 +1,468 @@
+"""The claims registry and the one rule set: every rule can give each of its verdicts on made-up numbers,
+collapsed models and floors are untestable, fewer than five units never decide, and each claim is decided
+from a made-up tidy frame by its registered decider."""
+import inspect
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers.claims import board as board_module
+from helpers.claims import registry, rules
+from helpers.claims.registry import CLAIMS, Claim, decide
+from helpers.claims.rules import (INCONCLUSIVE, NOT_REPRODUCED, PARTLY, REPRODUCED, UNTESTABLE, VERDICTS, Verdict,
+                                  aggregate, equivalence, superiority)
+
+R, NR, I, P, U = REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, PARTLY, UNTESTABLE
+
+
+# --------------------------------------------------------------------------- regime
+def test_working_threshold_is_three_times_dense_perplexity():
+    assert rules.WORKING_MAX_PPL_RATIO == 3.0
+    assert rules.is_working(1.0) and rules.is_working(3.0)
+    assert not rules.is_working(3.01) and not rules.is_working(float("nan")) and not rules.is_working(0.0)
+
+
+def test_floor_is_two_standard_errors_of_chance():
+    assert rules.at_floor(0.29, 0.02, chance=0.25)          # 2 standard errors above chance: at the floor
+    assert not rules.at_floor(0.31, 0.02, chance=0.25)
+    assert rules.at_floor(0.20, 0.01, chance=0.25)          # below chance
+    assert rules.at_floor(0.9, float("nan"), chance=0.25)   # no standard error: cannot tell
+
+
+# --------------------------------------------------------------------------- superiority / direction
+@pytest.mark.parametrize("interval, kwargs, expected", [
+    ((0.3, 0.1, 0.5, 10), {}, R),                                                       # excludes 0 above
+    ((-0.3, -0.5, -0.1, 10), {}, NR),                                                   # excludes 0 below
+    ((0.05, -0.1, 0.2, 10), {}, I),                                                     # straddles
+    ((0.02, -0.02, 0.05, 50), {"claimed_effect": 0.1, "detectable": 0.06}, NR),         # short of a detectable effect
+    ((0.02, -0.02, 0.05, 50), {"claimed_effect": 0.1, "detectable": 0.2}, I),           # undetectable at this n
+    ((0.3, 0.1, 0.5, 4), {}, P),                                                        # n < 5: at most partly
+    ((-0.3, -0.5, -0.1, 4), {}, I),                                                     # n < 5: never "not reproduced"
+    ((0.3, 0.1, 0.5, 10), {"ppl_ratio": [1.2, 3.5]}, U),                                # a collapsed model
+    ((-0.3, -0.5, -0.1, 10), {"ppl_ratio": 4.0}, U),                                    # never "not reproduced"
+    ((0.3, 0.1, 0.5, 10), {"dense_at_floor": True}, U),                                 # dense at the task's floor
+    ((0.8, 0.6, 0.95, 10), {"null": 1.0, "side": "less"}, R),                           # a ratio below 1, claimed less
+    ((1.2, 1.1, 1.3, 10), {"null": 1.0, "side": "less"}, NR),
+    ((-0.3, -0.5, -0.1, 10), {"side": "two-sided"}, R),                                 # differs, either direction
+    ((0.0, -0.01, 0.01, 100), {"side": "two-sided", "claimed_effect": 0.02, "detectable": 0.015}, NR),
+    ((0.0, -0.01, 0.03, 100), {"side": "two-sided", "claimed_effect": 0.02, "detectable": 0.015}, I),
+])
+def test_superiority_gives_each_verdict(interval, kwargs, expected):
+    result = superiority(*interval, **kwargs)
+    assert result.verdict == expected, result.why
+    assert result.why
+
+
+def test_negative_verdicts_print_the_detectable_effect():
+    for result in (superiority(-0.3, -0.5, -0.1, 10, detectable=0.12),
+                   superiority(0.05, -0.1, 0.2, 10, detectable=0.12),
+                   equivalence(1.5, 1.3, 1.7, 10, margin=(0.9, 1.1), detectable=0.12)):
+        assert result.verdict in (NR, I) and "detectable effect 0.12" in result.why
+
+
+def test_a_claim_may_ask_for_more_units_but_never_fewer():
+    assert superiority(0.3, 0.1, 0.5, 10, min_units=20).verdict == P
+    with pytest.raises(ValueError, match="min_units=3"):
+        superiority(0.3, 0.1, 0.5, 10, min_units=3)
+
+
+# --------------------------------------------------------------------------- equivalence
+@pytest.mark.parametrize("interval, kwargs, expected", [
+    ((1.0, 0.95, 1.05, 8), {}, R),
+    ((1.5, 1.3, 1.7, 8), {}, NR),          # wholly above the margin
+    ((0.5, 0.4, 0.6, 8), {}, NR),          # wholly below
+    ((1.05, 0.95, 1.2, 8), {}, I),         # straddles the upper bound
+    ((1.0, 0.99, 1.01, 3), {}, P),         # n < 5: inside, but at most partly
+    ((1.5, 1.4, 1.6, 3), {}, I),           # n < 5: outside, never "not reproduced"
+    ((1.0, 0.95, 1.05, 8), {"ppl_ratio": 3.2}, U),
+    ((1.5, 1.3, 1.7, 8), {"ppl_ratio": 3.2}, U),
+    ((1.0, 0.95, 1.05, 8), {"dense_at_floor": True}, U),
+])
+def test_equivalence_gives_each_verdict(interval, kwargs, expected):
+    assert equivalence(*interval, margin=(0.9, 1.1), **kwargs).verdict == expected
+
+
+def test_one_sided_margins_are_non_inferiority():
+    assert equivalence(0.2, 0.1, 0.3, 6, margin=(float("-inf"), 0.5)).verdict == R
+    assert equivalence(0.8, 0.6, 1.0, 6, margin=(float("-inf"), 0.5)).verdict == NR
+    with pytest.raises(ValueError, match="margin"):
+        equivalence(1.0, 0.9, 1.1, 6, margin=(1.1, 0.9))
+
+
+# --------------------------------------------------------------------------- aggregation
+def v(verdict: str) -> Verdict:
+    return Verdict(verdict, "made up", "test")
+
+
+@pytest.mark.parametrize("rule, verdicts, p_values, expected", [
+    ("all", [R, R, R], None, R),
+    ("all", [NR, I, NR], None, NR),
+    ("all", [R, NR, R], None, P),
+    ("all", [I, I], None, I),
+    ("all", [U, U], None, U),
+    ("all", [R, U], None, R),                      # a collapsed point is left out, not counted against
+    ("majority", [R, R, NR], None, R),
+    ("majority", [NR, NR, R], None, NR),
+    ("majority", [R, NR, I, I], None, P),
+    ("majority", [I, NR, I], None, I),
+    ("holm", [R, R], [0.001, 0.02], R),
+    ("holm", [R, R], [0.001, 0.04], R),            # 0.001 <= 0.05 / 2, then 0.04 <= 0.05 / 1
+    ("holm", [R, R], [0.001, 0.06], P),            # the second does not survive the correction
+    ("holm", [R, R], [0.03, 0.04], I),             # neither survives: 0.03 > 0.05 / 2
+    ("holm", [NR, NR], [0.9, 0.8], NR),
+    ("holm-any", [R, I, I], [0.001, 0.5, 0.6], R),
+    ("holm-any", [R, I], [0.04, 0.5], I),          # 0.04 > 0.05 / 2: not after correction
+    ("holm-any", [NR, NR], [0.9, 0.9], NR),
+    ("holm-any", [P, I], [0.2, 0.5], P),
+])
+def test_aggregation_gives_each_verdict(rule, verdicts, p_values, expected):
+    result = aggregate([v(x) for x in verdicts], rule, p_values=p_values)
+    assert result.verdict == expected, result.why
+    assert result.rule == f"aggregate: {rule}"
+
+
+def test_holm_steps_down():
+    assert rules.holm([0.01, 0.04, 0.03]).tolist() == [True, False, False]   # 0.03 > 0.05 / 2 stops it
+    assert rules.holm([0.01, 0.04, 0.02]).tolist() == [True, True, True]     # 0.02 <= 0.025, 0.04 <= 0.05
+    assert rules.holm([float("nan"), 0.001]).tolist() == [False, True]
+
+
+# --------------------------------------------------------------------------- every rule can say "not reproduced"
+NOT_REPRODUCED_EXAMPLES = {
+    "superiority": lambda: superiority(-0.3, -0.5, -0.1, 10),
+    "equivalence": lambda: equivalence(1.5, 1.3, 1.7, 8, margin=(0.9, 1.1)),
+    "aggregate": lambda: aggregate([v(NR), v(NR)], "all"),
+}
+
+
+def test_every_rule_can_say_not_reproduced():
+    verdict_rules = {name for name, function in inspect.getmembers(rules, inspect.isfunction)
+                     if function.__module__ == rules.__name__ and not name.startswith("_")
+                     and inspect.signature(function).return_annotation in ("Verdict", Verdict)}
+    assert verdict_rules == set(NOT_REPRODUCED_EXAMPLES), \
+        f"a rule returning a Verdict needs an example that gives 'not reproduced': {verdict_rules}"
+    for name, example in NOT_REPRODUCED_EXAMPLES.items():
+        assert example().verdict == NR, name
+    for rule in rules.AGGREGATIONS:
+        p_values = [0.9, 0.9] if rule.startswith("holm") else None
+        assert aggregate([v(NR), v(NR)], rule, p_values=p_values).verdict == NR, rule
+
+
+def test_regime_gate_only_ever_says_untestable():
+    assert rules.regime_gate(5.0).verdict == U and rules.regime_gate(1.5) is None
+    assert rules.regime_gate(None) is None and rules.regime_gate([1.2, float("nan")]) is None
+
+
+# --------------------------------------------------------------------------- power, bins, damage matching
+def test_detectable_effect_matches_a_hand_calculation():
+    # t_{0.975, 9} = 2.262, t_{0.80, 9} = 0.883 (tables); sd 2, n 10: (2.262 + 0.883) * 2 / sqrt(10) = 1.989
+    assert rules.detectable_effect(2.0, 10) == pytest.approx((2.262 + 0.883) * 2 / math.sqrt(10), rel=1e-3)
+    assert rules.detectable_effect(1.0, 1) == math.inf
+    differences = np.array([0.1, 0.3, -0.1, 0.2, 0.4, 0.0])
+    assert rules.mean_interval(differences).detectable_effect == pytest.approx(
+        rules.detectable_effect(differences.std(ddof=1), 6))
+
+
+def test_bin_means_follow_from_cumulative_means():
+    rng = np.random.default_rng(0)
+    kl = rng.gamma(2.0, 1.0, size=(3, 64))              # per-position values of 3 windows
+    contexts = [4, 16, 32, 64]
+    cumulative = np.stack([kl[:, :c].mean(axis=1) for c in contexts], axis=1)
+    direct = np.stack([kl[:, a:b].mean(axis=1) for a, b in zip([0, *contexts[:-1]], contexts)], axis=1)
+    assert np.allclose(rules.bin_means_from_cumulative(contexts, cumulative), direct)
+    with pytest.raises(ValueError, match="strictly rising"):
+        rules.bin_means_from_cumulative([16, 4], cumulative[:, :2])
+
+
+def test_damage_matching_picks_the_nearest_setting_in_log_ratio():
+    match = rules.damage_match({"30%": 1.1, "40%": 1.2, "50%": 1.6}, 1.25)
+    assert match.setting == "40%" and match.within_tolerance
+    assert match.log_distance == pytest.approx(abs(math.log(1.2 / 1.25)))
+    # nearest on a log scale, not a linear one: |2 - 1| < |3.1 - 2| but log(2 / 1) > log(3.1 / 2)
+    assert rules.damage_match({"a": 1.0, "b": 3.1}, 2.0).setting == "b"
+    far = rules.damage_match({"50%": 23.0, "30%": 2.0}, 1.25)
+    assert far.setting == "30%" and not far.within_tolerance  # 2.0 is more than 1.25x from 1.25
+
+
+def test_published_ratios_hold_the_reference_table():
+    assert registry.PUBLISHED_RATIOS[("LLaMA-2-7B (4096)", "wanda 50%")] == 1.25
+    assert registry.PUBLISHED_RATIOS[("LLaMA-2-7B (4096)", "magnitude 50%")] == 2.91
+    assert registry.PUBLISHED_RATIOS[("LLaMA-7B (2048)", "owl+sparsegpt 70%")] == 3.4
+    assert all(r > 0 for r in registry.PUBLISHED_RATIOS.values())
+
+
+# --------------------------------------------------------------------------- the registry
+IDS = {f"LC{i}" for i in range(1, 8)} | {f"KI{i}" for i in range(1, 9)} | {f"HS{i}" for i in range(1, 7)}
+
+
+def test_registry_holds_every_claim_with_a_decider():
+    assert set(CLAIMS) == IDS and set(registry.DECIDERS) == IDS
+    for claim in CLAIMS.values():
+        assert claim.words and claim.setting and claim.unit and claim.variants_needed and claim.frame
+        if claim.test_kind == "equivalence":
+            assert claim.margin is not None and claim.margin[0] < claim.margin[1], claim.id
+    assert CLAIMS["LC2"].margin == (0.9, 1.1) and CLAIMS["KI3"].margin == (0.05, 0.13)
+    assert CLAIMS["HS5"].margin[1] == 0.5
+    assert {c.paper for c in CLAIMS.values()} == {"2406.06773", "2310.01382", "2409.20094"}
+
+
+def test_a_claim_is_checked_when_built():
+    with pytest.raises(ValueError, match="margin"):
+        Claim("X1", "2406.06773", "w", "s", "equivalence", None, "windows", 5, ("v",), None, frame="f")
+    with pytest.raises(ValueError, match="min_n"):
+        Claim("X2", "2406.06773", "w", "s", "superiority", None, "windows", 3, ("v",), 0.1, frame="f")
+
+
+# --------------------------------------------------------------------------- deciders on made-up frames
+def growth_rows(label: str, factor: float, *, ppl_ratio: float = 1.5, windows: int = 8, spread: float = 0.02,
+                seed: int = 0, **settings) -> list[dict]:
+    """Per window: early-bin KL around 0.1 and late-bin KL = factor x early, with a little per-window noise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for window in range(windows):
+        early = 0.1 * math.exp(rng.normal(0, 0.3))
+        late = early * factor * math.exp(rng.normal(0, spread))
+        rows.append({"model": "made-up", "label": label, "window": window, "early_bin_kl": early,
+                     "late_bin_kl": late, "ppl_ratio": ppl_ratio, **settings})
+    return rows
+
+
+def growth_frame(*specs) -> pd.DataFrame:
+    return pd.DataFrame([row for i, spec in enumerate(specs) for row in growth_rows(**{"seed": i, **spec})])
+
+
+@pytest.mark.parametrize("factor, kwargs, expected", [
+    (1.0, {}, R),                               # flat: inside [0.9, 1.1]
+    (1.6, {}, NR),                              # grows: wholly outside
+    (1.08, {"spread": 0.3}, I),                 # straddles the bound
+    (1.0, {"windows": 3}, P),                   # three windows: at most partly
+    (1.6, {"ppl_ratio": 5.0}, U),               # collapsed: never "not reproduced"
+])
+def test_lc2_pruning_flatness(factor, kwargs, expected):
+    frame = growth_frame({"label": "wanda 50%", "factor": factor, "family": "pruning", **kwargs},
+                         {"label": "rtn 3-bit", "factor": 2.0, "family": "quantization"})
+    result = decide("LC2", frame)
+    assert result.verdict == expected, result.why
+    assert result.n == kwargs.get("windows", 8) and result.unit == "windows" and result.model == "made-up"
+    assert "geometric mean" in result.interval and result.points[0].name == "wanda 50%"
+
+
+def test_lc1_is_an_existence_claim_under_holm():
+    flat = {"label": "wanda", "factor": 1.0, "family": "pruning"}
+    assert decide("LC1", growth_frame(flat, {"label": "rtn", "factor": 1.8, "family": "quantization"})).verdict == R
+    shrinks = {"label": "rtn", "factor": 0.5, "family": "quantization"}
+    assert decide("LC1", growth_frame({**flat, "factor": 0.6}, shrinks)).verdict == NR
+
+
+def test_lc3_pairs_quantization_with_pruning_at_matched_damage():
+    quant = {"label": "rtn 4-bit", "family": "quantization", "bits": 4, "ppl_ratio": 1.3}
+    prune = {"label": "wanda 30%", "family": "pruning", "bits": np.nan, "ppl_ratio": 1.25}
+    far = {"label": "magnitude 50%", "factor": 1.0, "family": "pruning", "bits": np.nan, "ppl_ratio": 2.9}
+    grows_more = decide("LC3", growth_frame({**quant, "factor": 1.8}, {**prune, "factor": 1.0}, far))
+    assert grows_more.verdict == R and grows_more.regime == "damage-matched"
+    assert "wanda 30%" in grows_more.points[0].name               # the nearest perplexity ratio, not magnitude
+    assert decide("LC3", growth_frame({**quant, "factor": 1.0}, {**prune, "factor": 1.8}, far)).verdict == NR
+    unmatched = decide("LC3", growth_frame({**quant, "factor": 1.8}, {**far, "ppl_ratio": 2.5}))
+    assert unmatched.verdict == U and "no pruned variant within" in unmatched.why
+
+
+def test_lc4_linear_growth_from_disjoint_bins():
+    bins = {"method": "random", "sparsity": 0.1, "early_bin_start": 512, "early_bin_stop": 1024,
+            "late_bin_start": 4096, "late_bin_stop": 8192}
+    linear = (6144 / 768)  # ratio of the bins' mid positions: KL ~ position gives this late/early ratio
+    assert decide("LC4", growth_frame({"label": "random 10%", "factor": linear, **bins})).verdict == R
+    assert decide("LC4", growth_frame({"label": "random 10%", "factor": 1.0, **bins})).verdict == NR
+
+
+def test_lc6_needs_a_baseline_that_grows():
+    protection = {"bits": 3, "protection_rule": "magnitude", "protected_fraction": 0.02}
+    baseline = {"label": "rtn 3-bit", "bits": 3, "protection_rule": "none", "protected_fraction": 0.0}
+    removed = decide("LC6", growth_frame({"label": "protect 2%", "factor": 1.0, **protection},
+                                         {**baseline, "factor": 1.8}))
+    assert removed.verdict == R
+    kept = decide("LC6", growth_frame({"label": "protect 2%", "factor": 1.7, **protection},
+                                      {**baseline, "factor": 1.8}))
+    assert kept.verdict == NR
+    nothing = decide("LC6", growth_frame({"label": "protect 2%", "factor": 1.0, **protection},
+                                         {**baseline, "factor": 1.0}))
+    assert nothing.verdict == U and "no growth to remove" in nothing.why
+
+
+def task_frame(points: dict, *, n: int = 200, dense_accuracy: float = 0.6, chance: float = 0.25, seed: int = 0,
+               task: str = "trivia", task_kind: str = "knowledge") -> pd.DataFrame:
+    """points: {label: (share of dense-correct answers kept, settings)}; one row per example, scores 0/1."""
+    rng = np.random.default_rng(seed)
+    dense = (rng.random(n) < dense_accuracy).astype(float)
+    rows = []
+    for label, (kept, settings) in points.items():
+        score = dense * (rng.random(n) < kept)
+        rows += [{"model": "made-up", "label": label, "task": task, "task_kind": task_kind, "example": i,
+                  "dense_score": dense[i], "score": score[i], "chance": chance, "ppl_ratio": 1.4, **settings}
+                 for i in range(n)]
+    return pd.DataFrame(rows)
+
+
+PRUNED_30 = {"family": "pruning", "sparsity": 0.3, "method": "wanda", "pattern": "unstructured", "bits": np.nan}
+
+
+def test_ki1_knowledge_loss_at_low_sparsity_and_the_floor():
+    assert decide("KI1", task_frame({"wanda 30%": (0.6, PRUNED_30)})).verdict == R
+    assert decide("KI1", task_frame({"wanda 30%": (1.0, PRUNED_30)}, n=400)).verdict == NR
+    at_floor = decide("KI1", task_frame({"wanda 30%": (0.6, PRUNED_30)}, dense_accuracy=0.26))
+    assert at_floor.verdict == U and "floor" in at_floor.why
+
+
+def test_ki3_says_which_drop_it_sees():
+    eight_bit = {"family": "quantization", "bits": 8}
+    frame = task_frame({"rtn 8-bit": (1.0, eight_bit)}, n=400, dense_accuracy=0.8)
+    no_drop = decide("KI3", frame)
+    assert no_drop.verdict == NR and "no drop, equivalence shown" in no_drop.why
+    # a 9% relative drop on every example pattern: drop exactly the same answers in each of 400 examples
+    rows = frame.copy()
+    correct = rows.index[rows["dense_score"] == 1]
+    rows.loc[correct[: round(0.09 * len(correct))], "score"] = 0.0
+    drop = decide("KI3", rows)
+    assert drop.verdict == R and "we see a drop of that size" in drop.why
+    assert drop.estimate == pytest.approx(0.09, abs=0.005)
+    assert decide("KI3", task_frame({"rtn 8-bit": (0.9, eight_bit)}, n=30)).verdict == I
+
+
+def test_ki5_reports_nominal_and_damage_matched_settings():
+    settings = {"family": "pruning", "method": "wanda", "pattern": "unstructured", "bits": np.nan}
+    frame = task_frame({"wanda 50%": (1.0, {**settings, "sparsity": 0.5}),
+                        "wanda 30%": (1.0, {**settings, "sparsity": 0.3})}, task_kind="retrieval", n=300)
+    frame.loc[frame["label"] == "wanda 50%", "ppl_ratio"] = 2.3   # our 50% damages more than LLaMA-2-7B's 1.25x
+    frame.loc[frame["label"] == "wanda 30%", "ppl_ratio"] = 1.2
+    nominal, matched = decide("KI5", frame, "nominal"), decide("KI5", frame, "damage-matched")
+    assert nominal.verdict == R and nominal.points[0].name.startswith("wanda 50%")
+    assert matched.verdict == R and matched.points[0].name.startswith("wanda 30%")
+    assert matched.regime == "damage-matched"
+
+
+def test_ki7_finds_task_damage_hidden_at_matched_perplexity():
+    same = task_frame({"a": (0.5, PRUNED_30), "b": (1.0, PRUNED_30)}, n=300)
+    assert decide("KI7", same).verdict == R                      # equal perplexity, different task damage
+    equal = task_frame({"a": (1.0, PRUNED_30), "b": (1.0, PRUNED_30)}, n=300)
+    assert decide("KI7", equal).verdict == NR                    # identical answers: no difference shown
+
+
+def schedule_frame(uniform_gap: float, *, sparsity: float = 0.7, bits: float = 4, ppl_ratio: float = 2.0):
+    rng = np.random.default_rng(0)
+    base = rng.normal(3.0, 0.3, 8)
+    rows = []
+    for schedule, shift in (("hessian", 0.0), ("uniform", uniform_gap), ("owl", uniform_gap)):
+        rows += [{"label": f"{schedule}", "method": "sparsegpt", "schedule": schedule, "sparsity": sparsity,
+                  "bits": bits, "window": w, "nll": base[w] + shift + rng.normal(0, 0.005), "ppl_ratio": ppl_ratio}
+                 for w in range(8)]
+    return pd.DataFrame(rows)
+
+
+def test_hessian_schedule_claims():
+    assert decide("HS1", schedule_frame(0.2)).verdict == R
+    assert decide("HS1", schedule_frame(-0.2)).verdict == NR
+    assert decide("HS1", schedule_frame(0.2, ppl_ratio=40.0)).verdict == U   # 70% collapses a small model
+    assert decide("HS2", schedule_frame(0.2, bits=np.nan)).verdict == R
+    assert decide("HS2", schedule_frame(0.2, bits=4)).verdict == U           # no unquantized rows: no results
+    assert decide("HS3", schedule_frame(0.2)).verdict == R
+
+
+def test_hs4_hs5_hs6():
+    rng = np.random.default_rng(0)
+    estimate = rng.gamma(2, 1, 24)
+    layers = pd.DataFrame({"label": "run", "layer": range(24), "estimated_error": estimate,
+                           "measured_error": estimate * rng.lognormal(0, 0.2, 24)})
+    assert decide("HS4", layers).verdict == R
+    assert decide("HS4", layers.assign(measured_error=-layers.measured_error)).verdict == NR
+    overhead = pd.DataFrame({"label": "hessian", "run": range(6), "schedule_seconds": [10, 11, 9, 10, 12, 10],
+                             "pruning_seconds": [100] * 6})
+    assert decide("HS5", overhead).verdict == R
+    few = decide("HS5", overhead.head(3))
+    assert few.verdict == P and "no interval" in few.measured() and "[" not in few.measured()
+    assert decide("HS5", overhead.assign(schedule_seconds=lambda f: f.schedule_seconds * 10)).verdict == NR
+    base = np.random.default_rng(1).gamma(2.0, 0.05, 8)          # per-window KL shared by both variants
+    kl = pd.DataFrame([{"label": statistics, "method": "sparsegpt", "sparsity": 0.5, "statistics": statistics,
+                        "window": w, "kl": base[w] * (1.02 if statistics == "dense" else 1.0) * (1 + 0.01 * (w % 3)),
+                        "ppl_ratio": 1.3} for statistics in ("dense", "sequential") for w in range(8)])
+    assert decide("HS6", kl).verdict == R
+    kl.loc[kl.statistics == "dense", "kl"] *= 1.5
+    assert decide("HS6", kl).verdict == NR
+
+
+# --------------------------------------------------------------------------- the board
+def test_board_without_results_lists_every_claim_untestable(tmp_path, capsys):
+    table = board_module.board({})
+    assert set(table.id) == IDS and (table.verdict == U).all() and set(table.verdict) <= set(VERDICTS)
+    assert (table.id == "KI5").sum() == 2                            # nominal and damage-matched
+    assert board_module.main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("no committed results") == len(table) and "| LC1 |" in printed
+
+
+def test_board_decides_the_claims_whose_frames_are_present(tmp_path):
+    frame = growth_frame({"label": "wanda 50%", "factor": 1.0, "family": "pruning"},
+                         {"label": "rtn 3-bit", "factor": 2.0, "family": "quantization"})
+    frame.to_csv(tmp_path / "context_growth.csv", index=False)
+    table = board_module.board(board_module.read_frames(tmp_path)).set_index("id")
+    assert table.loc["LC2", "verdict"] == R and table.loc["LC1", "verdict"] == R
+    assert table.loc["LC3", "verdict"] == U and "missing ['bits']" in table.loc["LC3", "why"]
+    assert table.loc["KI1", "verdict"] == U
+    markdown = board_module.to_markdown(table.reset_index())
+    assert "| LC2 | pruning (magnitude, Wanda) stays flat with length |" in markdown and "**reproduced**" in markdown
+
+
+def test_holm_never_lifts_a_point_with_too_few_windows():
+    grows = growth_frame({"label": "rtn", "factor": 1.8, "family": "quantization", "windows": 3})
+    result = decide("LC1", grows)
+    assert result.verdict == P and "no interval" in result.measured()
+
+
+def test_lc5_attention_variance_slope():
+    def frame(slope):
+        rng = np.random.default_rng(0)
+        return pd.DataFrame({"label": "noisy keys", "unit": range(8), "log_slope": slope + rng.normal(0, 0.05, 8),
+                             "ppl_ratio": np.nan})
+    assert decide("LC5", frame(1.0)).verdict == R
+    assert decide("LC5", frame(0.05)).verdict == NR
+
+
+def test_lc7_magnitude_picks_the_groups():
+    def frame(random_factor):
+        common = {"bits": 3, "protected_fraction": 0.02}
+        out = growth_frame({"label": "magnitude 2%", "factor": 1.0, "protection_rule": "magnitude", **common})
+        other = out.assign(label="random 2%", protection_rule="random")
+        other["late_bin_kl"] *= random_factor * np.exp(np.random.default_rng(3).normal(0, 0.02, len(other)))
+        return pd.concat([out, other], ignore_index=True)
+    assert decide("LC7", frame(1.5)).verdict == R       # magnitude's late KL a third lower
+    assert decide("LC7", frame(0.7)).verdict == NR      # random protection does better
+
+
+def test_ki2_ki4_ki8_compare_task_scores():
+    nm = {**PRUNED_30, "sparsity": 0.5, "pattern": "2:4"}
+    un = {**PRUNED_30, "sparsity": 0.5}
+    assert decide("KI2", task_frame({"wanda 50%": (1.0, un), "wanda 2:4": (0.6, nm)})).verdict == R
+    assert decide("KI2", task_frame({"wanda 50%": (0.6, un), "wanda 2:4": (1.0, nm)})).verdict == NR
+    quant = {"family": "quantization", "bits": 4, "storage_bits": 4.2}
+    pruned = {**PRUNED_30, "storage_bits": 4.0}
+    assert decide("KI4", task_frame({"gptq 4-bit": (1.0, quant), "wanda 75%": (0.6, pruned)})).verdict == R
+    unmatched = decide("KI4", task_frame({"gptq 4-bit": (1.0, quant), "wanda": (0.6, {**pruned, "storage_bits": 8})}))
+    assert unmatched.verdict == U and "storage differs" in unmatched.why
+    assert decide("KI8", task_frame({"wanda 30%": (0.5, PRUNED_30)}, task_kind="factual")).verdict == R
+    assert decide("KI8", task_frame({"wanda 30%": (0.6, PRUNED_30)}, task_kind="knowledge")).verdict == U  # no rows
+
+
+def test_ki6_calibration_sensitivity_difference():
+    def frame(sparsegpt_loss, wanda_loss):
+        rng = np.random.default_rng(0)
+        base = rng.normal(3.0, 0.2, 8)
+        rows = []
+        for method, loss in (("sparsegpt", sparsegpt_loss), ("wanda", wanda_loss)):
+            for samples, extra in ((4, loss), (128, 0.0)):
+                for seed in (0, 1):
+                    rows += [{"label": f"{method} {samples}", "method": method, "calibration_samples": samples,
+                              "seed": seed, "window": w, "nll": base[w] + extra + rng.normal(0, 0.01),
+                              "ppl_ratio": 1.3} for w in range(8)]
+        return pd.DataFrame(rows)
+    assert decide("KI6", frame(0.3, 0.01)).verdict == R
+    assert decide("KI6", frame(0.01, 0.3)).verdict == NR
