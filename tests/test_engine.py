@@ -3,6 +3,9 @@ import torch
 
 from helpers.compression.engine import NoCompression, block_outputs, capture_block_inputs, input_hooks, run_layerwise
 from helpers.models import compressed_linears, decoder_layers, linear_layers, linear_weight
+from helpers.compression.compress import Recipe
+from helpers.compression.quantizer import QuantSettings
+from helpers.models import load_model
 from helpers.compression.stats import HessianCollector
 
 
@@ -158,3 +161,25 @@ def test_true_sequential_differs_from_one_pass_exactly_where_later_sub_groups_se
         same = torch.equal(weights[False][name], weights[True][name])
         first = name.startswith("model.layers.0.self_attn.") and name.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj")
         assert same == first, name
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+@pytest.mark.parametrize("recipe", [Recipe(method="sparsegpt", sparsity=0.5), Recipe(method="wanda", sparsity=0.5),
+                                    Recipe(method="gptq", quant=QuantSettings(bits=4, group_size=16))],
+                         ids=["sparsegpt", "wanda", "gptq"])
+def test_statistics_gathered_once_per_input_give_the_same_model(family, recipe):
+    """q/k/v (and gate/up) read one tensor: one collector for them changes no number of the result."""
+    from helpers.compression.compress import METHODS
+
+    results, shared = [], []
+    for share in (False, True):
+        model, _ = load_model(f"tiny-{family}")
+        ids = torch.randint(0, model.config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
+        report = run_layerwise(model, ids, METHODS[recipe.method](recipe), batch_size=2, progress=False,
+                               share_statistics=share)
+        results.append({k: v.clone() for k, v in model.state_dict().items()})
+        shared.append(report.shared_statistics)
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
+    blocks = len(decoder_layers(model))
+    per_block = 3 if family == "llama" else 2  # llama: k, v share q's and up gate's; opt: k, v share q's
+    assert shared == [0, per_block * blocks]

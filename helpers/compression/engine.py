@@ -116,7 +116,8 @@ def capture_block_inputs(model: nn.Module, input_ids: torch.Tensor, *, batch_siz
 
 @torch.no_grad()
 def _run_block(block: nn.Module, hidden: list[torch.Tensor], arguments: list[tuple[tuple, dict]], *,
-               keep: bool = True, in_place: bool = False) -> list[torch.Tensor] | None:
+               keep: bool = True, in_place: bool = False,
+               after_batch: Callable[[int], None] | None = None) -> list[torch.Tensor] | None:
     """The block's outputs for every batch. keep=False runs it for its hooks only and holds no outputs (a
     statistics pass whose outputs nobody reads); in_place=True writes each batch's output over its input in
     `hidden` (propagation: the inputs are not read again). Either saves one [samples, tokens, hidden]
@@ -131,7 +132,52 @@ def _run_block(block: nn.Module, hidden: list[torch.Tensor], arguments: list[tup
         elif keep:
             outputs.append(out)
         del out
+        if after_batch is not None:
+            after_batch(index)
     return outputs if keep or in_place else None
+
+
+class SharedInputs:
+    """Feeds each linear's input to its collector, once per distinct input tensor: linears fed the same
+    tensor (q/k/v, gate/up) whose collectors are `shareable`, of one type and width, share the first one's
+    collector (one X^T X accumulation instead of three). Which linears share is read off the first batch
+    (the same live tensor: address, shape, strides, dtype and version), before any of them adds twice; from
+    then on only each input's first linear adds. `collectors` is updated in place: shared names point to one
+    object. Call `first_batch_done()` after the first batch."""
+
+    def __init__(self, collectors: dict[str, Any], enabled: bool = True):
+        self.collectors = collectors
+        self.owner = {name: name for name in collectors}
+        self.enabled = enabled
+        self.first_batch = True
+        self._seen: dict[tuple, str] = {}
+        self._alive: list[torch.Tensor] = []  # no freed address can be reused while the first batch is read
+
+    def add(self, name: str, x: torch.Tensor) -> None:
+        if self.owner[name] != name:
+            return
+        collector = self.collectors[name]
+        if self.first_batch and self.enabled and getattr(collector, "shareable", False):
+            key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x._version, type(collector),
+                   getattr(collector, "columns", None))
+            if key in self._seen:
+                self.owner[name] = self._seen[key]
+                self.collectors[name] = self.collectors[self._seen[key]]
+                return
+            self._seen[key] = name
+            self._alive.append(x)
+        collector.add_batch(x)
+
+    def first_batch_done(self, index: int = 0) -> None:
+        if index == 0:
+            self.first_batch = False
+            self._seen.clear()
+            self._alive.clear()
+
+    @property
+    def shared(self) -> int:
+        """Collectors saved: linears whose statistics come from another linear's collector."""
+        return sum(owner != name for name, owner in self.owner.items())
 
 
 @torch.no_grad()
@@ -170,13 +216,15 @@ class EngineReport:
     seconds_compression: float = 0.0
     seconds_propagation: float = 0.0
     seconds_total: float = 0.0
+    shared_statistics: int = 0  # linears whose statistics came from another linear's collector (same input)
 
 
 @torch.no_grad()
 def run_layerwise(model: nn.Module, input_ids: torch.Tensor, method: LayerMethod, *,
                   device: torch.device | str | None = None, batch_size: int = 8,
                   propagate_compressed: bool = True, progress: bool = True,
-                  layer_filter: Callable[[str], bool] | None = None, true_sequential: bool = False) -> EngineReport:
+                  layer_filter: Callable[[str], bool] | None = None, true_sequential: bool = False,
+                  share_statistics: bool = True) -> EngineReport:
     """Compress every decoder-block linear of `model` in place, block by block.
 
     input_ids: calibration tokens [samples, tokens]. device: where each block is processed (the
@@ -184,7 +232,9 @@ def run_layerwise(model: nn.Module, input_ids: torch.Tensor, method: LayerMethod
     block the outputs of the compressed block (the reference recipe) rather than the dense ones.
     true_sequential: within a block, compress the sub-groups of `sequential_groups` in turn, each
     one's statistics gathered after the earlier ones are compressed (the reference LLaMA drivers'
-    --true-sequential: one block forward per sub-group instead of one per block).
+    --true-sequential: one block forward per sub-group instead of one per block). share_statistics: linears
+    fed the same input share one collector when the collectors allow it (`SharedInputs`); the statistics
+    are the same numbers either way, gathered once.
     """
     if true_sequential and hasattr(method, "transform_block"):
         raise ValueError("true_sequential compresses a block's sub-groups one after another, but this method "
@@ -217,8 +267,10 @@ def run_layerwise(model: nn.Module, input_ids: torch.Tensor, method: LayerMethod
             collectors = {n: c for n, c in collectors.items() if c is not None}
             if collectors:
                 keep = reuse_dense and group is groups[0]
-                with input_hooks({n: linears[n] for n in collectors}, lambda n, x: collectors[n].add_batch(x)):
-                    out = _run_block(block, hidden, arguments, keep=keep)
+                feed = SharedInputs(collectors, enabled=share_statistics)
+                with input_hooks({n: linears[n] for n in collectors}, feed.add):
+                    out = _run_block(block, hidden, arguments, keep=keep, after_batch=feed.first_batch_done)
+                report.shared_statistics += feed.shared
                 if keep:  # nothing compressed yet: the dense block's outputs
                     dense_out = out
                 del out

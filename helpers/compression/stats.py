@@ -10,9 +10,14 @@ def _flatten(inputs: torch.Tensor) -> torch.Tensor:
 
 
 class HessianCollector:
-    """H = (2 / N) * sum_t x_t x_t^T over all N calibration tokens, as SparseGPT and GPTQ use it."""
+    """H = (2 / N) * sum_t x_t x_t^T over all N calibration tokens, as SparseGPT and GPTQ use it.
+
+    shareable: a pure function of the inputs, so linears fed the same input tensor (q/k/v, gate/up) may
+    share one (the engine does: one accumulation per distinct input)."""
+    shareable = True
 
     def __init__(self, columns: int, device: torch.device | str = "cpu"):
+        self.columns = columns
         self.sum = torch.zeros(columns, columns, dtype=torch.float32, device=device)
         self.tokens = 0
 
@@ -28,9 +33,12 @@ class HessianCollector:
 
 
 class InputNormCollector:
-    """Per input channel j: the mean over tokens of x_j^2 (Wanda's ||X_j||^2 up to a constant)."""
+    """Per input channel j: the mean over tokens of x_j^2 (Wanda's ||X_j||^2 up to a constant); shareable
+    as HessianCollector is."""
+    shareable = True
 
     def __init__(self, columns: int, device: torch.device | str = "cpu"):
+        self.columns = columns
         self.sum_squares = torch.zeros(columns, dtype=torch.float32, device=device)
         self.tokens = 0
 
