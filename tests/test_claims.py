@@ -466,3 +466,14 @@ def test_ki6_calibration_sensitivity_difference():
         return pd.DataFrame(rows)
     assert decide("KI6", frame(0.3, 0.01)).verdict == R
     assert decide("KI6", frame(0.01, 0.3)).verdict == NR
+
+
+def test_noise_gate_and_precision_choice():
+    from helpers.claims import rules
+
+    assert rules.noise_gate(0.01, None) is None and rules.noise_gate(0.01, 0.0) is None  # float32: no floor
+    assert rules.noise_gate(0.01, 0.001) is None                       # 10x the floor: measurable
+    gated = rules.noise_gate(0.002, 0.001)                             # 2x the floor: below the 3x multiple
+    assert gated is not None and gated.verdict == "untestable here" and "noise floor" in gated.why
+    assert rules.noise_gate(-0.002, 0.001).verdict == "untestable here"  # the size counts, not the sign
+    assert rules.precision_allows(0.1, 0.004) and not rules.precision_allows(0.1, 0.006)

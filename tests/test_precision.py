@@ -108,3 +108,13 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
     assert {p.dtype for p in model.parameters()} == {torch.float32} and model.info.dtype == "float32"
     with pytest.raises(ValueError, match="auto"):
         _resolve_dtype("float8", torch.device("cpu"))
+
+
+def test_precision_floor_is_the_kl_between_the_two_precisions_of_one_model():
+    from helpers.evaluation.metrics import precision_floor
+
+    windows = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+    same = precision_floor("tiny-llama", windows, dtype="float32")
+    lower = precision_floor("tiny-llama", windows, dtype="bfloat16")
+    assert float(same.kl.abs().max()) < 1e-6           # float32 against itself: nothing
+    assert float(lower.kl.mean()) > 1e-8 and lower.kl.shape == (2, 32)  # bf16 rounding: a small positive KL

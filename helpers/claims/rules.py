@@ -39,6 +39,8 @@ FLOOR_STANDARD_ERRORS = 2.0   # a dense score within this many standard errors o
 ALPHA = 0.05                  # two-sided level of every interval (95%)
 POWER = 0.8                   # power at which the detectable effect is computed
 DAMAGE_TOLERANCE = 1.25       # a measured perplexity ratio within this factor of the published one matches
+NOISE_FLOOR_MULTIPLE = 3.0    # an effect below this multiple of the run precision's noise floor is unmeasurable
+PRECISION_SHARE = 0.05        # a claim may run in bf16 when the floor is below this share of its smallest effect
 AGGREGATIONS = ("all", "majority", "holm", "holm-any")
 SIDES = ("greater", "less", "two-sided")
 
@@ -118,6 +120,25 @@ def regime_gate(ppl_ratio: float | Sequence[float] | None = None, *, dense_at_fl
         return Verdict(UNTESTABLE, f"at the floor: the dense score is within {FLOOR_STANDARD_ERRORS:g} standard "
                        "errors of chance, so no loss can show on this model", rule)
     return None
+
+
+def noise_gate(effect: float, floor: float | None, *, multiple: float = NOISE_FLOOR_MULTIPLE,
+               rule: str = "noise floor") -> Verdict | None:
+    """"untestable here" when the effect a claim turns on (same units as the floor, e.g. nats of KL) is below
+    `multiple` x the noise floor of the run's precision (KL(float32 dense || bf16 dense) for a bf16 run): such
+    an effect cannot be told from rounding. None when the effect clears it, or no floor applies (float32)."""
+    if floor is None or not np.isfinite(floor) or floor <= 0:
+        return None
+    if abs(effect) < multiple * floor:
+        return Verdict(UNTESTABLE, f"the effect ({_number(effect)}) is below {multiple:g}x the precision's noise floor "
+                       f"({_number(floor)}): it cannot be told from rounding; run this claim in float32", rule)
+    return None
+
+
+def precision_allows(smallest_effect: float, floor: float, *, share: float = PRECISION_SHARE) -> bool:
+    """Whether a claim may be measured at a precision whose noise floor is `floor`: the floor must be below
+    `share` (5%) of the smallest effect the claim needs (the rule the profiles choose their precision by)."""
+    return floor < share * abs(smallest_effect)
 
 
 # --------------------------------------------------------------------------- power
