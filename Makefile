@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test unit notebooks reproduce benchmarks lab clean
+.PHONY: install test unit notebooks reproduce rehearse benchmarks lab clean
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,11 @@ notebooks: install
 # PROFILE=cpu (default) refreshes the committed notebooks and figures/; tiny and paper write to build/<profile>.
 reproduce: install
 	$(BIN)/python -m helpers.running.reproduce --profile $(PROFILE) $(if $(filter cpu,$(PROFILE)),--inplace)
+
+# the paper profile on tiny stand-in checkpoints under the paper's hub ids, offline: DEVICE=cuda on a GPU
+DEVICE ?= cpu
+rehearse: install
+	$(BIN)/python -m helpers.running.rehearsal --device $(DEVICE)
 
 benchmarks: install
 	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import numbers
 import os
 import random
 from dataclasses import asdict, dataclass
@@ -181,8 +182,17 @@ def tokenize_text(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+def check_max_windows(max_windows: int | None) -> None:
+    """max_windows (windows, not tokens) must be None (every window) or a whole number >= 1."""
+    if max_windows is not None and (not isinstance(max_windows, numbers.Integral) or max_windows < 1):
+        raise ValueError(f"max_windows={max_windows!r}; expected a whole number of windows >= 1, or None (leave "
+                         "--max-windows out) to evaluate every window.")
+
+
 def token_windows(tokens: torch.Tensor, seq_len: int, max_windows: int | None = None) -> torch.Tensor:
-    """Non-overlapping windows [n, seq_len] of a 1-D token stream; the incomplete tail is dropped."""
+    """Non-overlapping windows [n, seq_len] of a 1-D token stream (seq_len and max_windows in tokens and
+    windows); the incomplete tail is dropped."""
+    check_max_windows(max_windows)
     if seq_len < 2:
         raise ValueError(f"seq_len={seq_len} is too short; a perplexity window needs at least 2 tokens.")
     count = tokens.numel() // seq_len
@@ -196,7 +206,9 @@ def token_windows(tokens: torch.Tensor, seq_len: int, max_windows: int | None = 
 
 def evaluation_windows(tokenizer, *, dataset: str = "wikitext2", seq_len: int = 1024,
                        max_windows: int | None = None, token_file: str | None = None) -> torch.Tensor:
-    """Perplexity / KL windows: WikiText-2 test (joined with blank lines) or a saved token tensor."""
+    """Perplexity / KL windows: WikiText-2 test (joined with blank lines) or a saved token tensor.
+    seq_len: tokens per window; max_windows: the first N windows (None: all), checked before any text is read."""
+    check_max_windows(max_windows)
     if token_file is not None:
         tokens = load_token_ids(token_file).reshape(-1)
     elif dataset == "wikitext2":
@@ -244,6 +256,48 @@ class CalibrationSettings:
         return asdict(self)
 
 
+# Tokens a tokenizer may add to one text beyond one per byte (BOS / EOS, a SentencePiece dummy prefix).
+SPECIAL_TOKENS_ALLOWANCE = 8
+
+
+def _check_drawable(settings: CalibrationSettings, texts: list[str]) -> None:
+    """Refuse a seq_len no text of the calibration dataset can hold. Every tokenizer here (byte-level BPE,
+    SentencePiece with byte fallback, bytes) spends at least one UTF-8 byte per token, so a text of B bytes
+    has at most B + SPECIAL_TOKENS_ALLOWANCE tokens: a bound that needs no tokenizer."""
+    longest = max((len(text.encode("utf-8")) for text in texts), default=0)
+    if longest + SPECIAL_TOKENS_ALLOWANCE <= settings.seq_len:
+        what = "text" if settings.dataset == "wikitext2" else "document"
+        raise ValueError(f"calibration seq_len={settings.seq_len} tokens cannot be drawn from {settings.dataset}: "
+                         f"its longest {what} has {longest:,} bytes (a token spends at least one), so none holds "
+                         f"{settings.seq_len} tokens; use a much shorter seq_len (--calibration-seq-len; the reference "
+                         "is 2048) or another calibration dataset.")
+
+
+def _saved_calibration(settings: CalibrationSettings) -> torch.Tensor:
+    """The saved token ids of settings.token_file, checked to hold [n_samples, seq_len]."""
+    ids = load_token_ids(settings.token_file)
+    if ids.dim() != 2 or ids.shape[0] < settings.n_samples or ids.shape[1] < settings.seq_len:
+        raise ValueError(f"{settings.token_file} holds a tensor of shape {tuple(ids.shape)}; expected at "
+                         f"least [{settings.n_samples}, {settings.seq_len}].")
+    return ids
+
+
+def check_calibration(settings: CalibrationSettings, *, context_length: int | None = None) -> None:
+    """Refuse, before any forward pass, a calibration that cannot be drawn: seq_len (tokens) longer than the
+    model's context (`context_length`, tokens; None: not checked), than a saved token file's rows, or than
+    any text of the dataset can hold (a cheap bound, see _check_drawable). Reads the data, no model."""
+    if context_length is not None and settings.seq_len > context_length:
+        raise ValueError(f"calibration seq_len={settings.seq_len} tokens is longer than the model's context of "
+                         f"{context_length} tokens; use a seq_len of at most {context_length} "
+                         "(--calibration-seq-len; 2048 is the reference recipe where the context allows).")
+    if settings.token_file is not None:
+        _saved_calibration(settings)
+    elif settings.dataset == "wikitext2":
+        _check_drawable(settings, [load_dataset("wikitext2")])
+    else:
+        _check_drawable(settings, load_dataset("c4"))
+
+
 def calibration_samples(tokenizer, settings: CalibrationSettings = CalibrationSettings()) -> torch.Tensor:
     """[n_samples, seq_len] calibration tokens.
 
@@ -252,17 +306,17 @@ def calibration_samples(tokenizer, settings: CalibrationSettings = CalibrationSe
     ablations: it is also the evaluation text). token_file: the first n_samples rows of a saved tensor.
     """
     if settings.token_file is not None:
-        ids = load_token_ids(settings.token_file)
-        if ids.dim() != 2 or ids.shape[0] < settings.n_samples or ids.shape[1] < settings.seq_len:
-            raise ValueError(f"{settings.token_file} holds a tensor of shape {tuple(ids.shape)}; expected at "
-                             f"least [{settings.n_samples}, {settings.seq_len}].")
-        return ids[: settings.n_samples, : settings.seq_len].clone()
+        return _saved_calibration(settings)[: settings.n_samples, : settings.seq_len].clone()
     rng = random.Random(settings.seed)
     if settings.dataset == "wikitext2":
         stream = tokenize_text(tokenizer, load_dataset("wikitext2"))
+        if stream.numel() <= settings.seq_len:
+            raise ValueError(f"calibration seq_len={settings.seq_len} tokens cannot be drawn from wikitext2: it has "
+                             f"{stream.numel():,} tokens; use a seq_len below that (2048 is the reference).")
         starts = [rng.randint(0, stream.numel() - settings.seq_len - 1) for _ in range(settings.n_samples)]
         return torch.stack([stream[s:s + settings.seq_len] for s in starts])
     documents = load_dataset("c4")
+    _check_drawable(settings, documents)
     samples = []
     tries = 0
     while len(samples) < settings.n_samples:

@@ -1,18 +1,42 @@
 """Tidy results: one JSON line per measurement, appended as the run goes.
 
 Every record carries the model, method, settings, dataset, protocol, metric and value, plus the
-package versions and the time, so a figure can always be traced to what produced it. A crash keeps
-what was written; `ResultsTable.done(key)` lets a re-run skip work already recorded.
+package versions, the numbers version of this code (`NUMBERS_VERSION`), the git commit and the time,
+so a figure can always be traced to what produced it. A crash keeps what was written;
+`ResultsTable.done(key)` lets a re-run skip work already recorded.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import platform
+import subprocess
 import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+
+# The version of the numbers this code produces. Bump it in any change that moves a compression or a
+# metric number (tests/test_provenance.py holds golden values that fail until it is bumped): it is
+# recorded on every row and is part of the Runner's skip key, so rows of older numbers are measured again.
+NUMBERS_VERSION = 1
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str:
+    """The short git commit of the checkout this package runs from; "unknown" when it is not one (or git
+    is missing). Uncommitted edits are not seen: NUMBERS_VERSION is what tells numbers apart."""
+    if not (REPO_ROOT / ".git").exists():
+        return "unknown"
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
 
 
 @lru_cache(maxsize=1)
@@ -50,7 +74,8 @@ def run_key(**fields) -> str:
 
 
 class ResultsTable:
-    """Append-only JSON-lines table of tidy records."""
+    """Append-only JSON-lines table of tidy records; each carries `numbers_version` (NUMBERS_VERSION) and
+    `commit` (git_commit()) beside the package versions."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -62,6 +87,7 @@ class ResultsTable:
         record = {"model": model, "method": method, "metric": metric, "value": plain(value),
                   "settings": plain(settings or {}), "dataset": dataset, "protocol": plain(protocol or {}),
                   "key": key, **plain(extra), "versions": environment(),
+                  "numbers_version": NUMBERS_VERSION, "commit": git_commit(),
                   "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         line = json.dumps(record) + "\n"
         with open(self.path, "a+b") as handle:

@@ -135,3 +135,43 @@ def test_context_kl_prints_intervals_over_windows_and_records_every_context(tmp_
     assert sorted({r["context"] for r in rows}) == [8, 16, 32, 64] and len(rows) == 4 * 4
     assert main(argv) == 0 and "already" not in capsys.readouterr().err  # a re-run reads the recorded rows
     assert len([r for r in records(results) if r["metric"] == "kl_context"]) == 16
+
+
+@pytest.mark.parametrize("command", ["eval", "compress", "context-kl"])
+@pytest.mark.parametrize("value", ["-1", "0", "two"])
+def test_max_windows_below_one_is_refused_by_the_parser(command, value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--model", "no-such-model", "--max-windows", value])
+    assert exit_.value.code == 2
+    assert f"--max-windows: {value!r}: expected a whole number of windows >= 1" in capsys.readouterr().err
+
+
+def test_eval_checks_its_window_settings_before_loading_the_model(capsys):
+    assert main(["eval", "--model", "no-such-model", "--seq-len", "1"]) == 2
+    assert "seq_len=1" in capsys.readouterr().err  # not the error of loading no-such-model
+
+
+@pytest.fixture()
+def no_forward_pass(monkeypatch):
+    """The CLI's dense reference and evaluation raise if called: what is refused here is refused before them."""
+    import helpers.running.cli as cli
+
+    def forward(*args, **kwargs):
+        raise AssertionError("a forward pass ran before the settings were refused")
+
+    monkeypatch.setattr(cli, "DenseReference", forward)
+    monkeypatch.setattr(cli, "evaluate", forward)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--calibration-seq-len", "100000"], "calibration seq_len=100000 tokens is longer than the model's context of 512"),
+    (["--calibration-seq-len", "128"], "expected at least [6, 128]"),  # the saved calibration rows hold 64 tokens
+])
+@pytest.mark.parametrize("command", ["compress", "context-kl"])
+def test_a_calibration_that_cannot_be_drawn_is_refused_before_the_dense_pass(tmp_path, tokens, no_forward_pass,
+                                                                            command, flags, message, capsys):
+    argv = [command, "--model", "tiny-llama", *tokens, "--results", str(tmp_path / "r.jsonl"), "--method", "wanda",
+            "--sparsity", "0.5", *flags]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r.jsonl").exists()

@@ -5,8 +5,8 @@ import sys
 import pytest
 import torch
 
-from helpers.data import (CalibrationSettings, DATASETS, calibration_samples, data_dir, evaluation_windows,
-                          load_dataset, token_windows)
+from helpers.data import (CalibrationSettings, DATASETS, calibration_samples, check_calibration, data_dir,
+                          evaluation_windows, load_dataset, token_windows)
 from helpers.models import ByteTokenizer, OFFLINE_ALIASES, load_model
 from helpers.results import ResultsTable, run_key
 
@@ -22,6 +22,14 @@ def test_token_windows_are_non_overlapping_and_drop_the_tail():
     assert token_windows(stream, 8, max_windows=2).shape == (2, 8)
     with pytest.raises(ValueError, match="seq_len=30"):
         token_windows(stream, 30)
+
+
+@pytest.mark.parametrize("max_windows", [0, -1, 1.5])
+def test_max_windows_below_one_is_refused_before_any_text_is_read(max_windows):
+    with pytest.raises(ValueError, match=rf"max_windows={max_windows}; expected a whole number of windows >= 1"):
+        token_windows(torch.arange(25), 8, max_windows=max_windows)
+    with pytest.raises(ValueError, match=rf"max_windows={max_windows}"):  # not: the token file does not exist
+        evaluation_windows(None, seq_len=8, max_windows=max_windows, token_file="no-such-file.pt")
 
 
 @needs_data
@@ -69,6 +77,29 @@ def test_calibration_from_saved_tokens(tmp_path):
         calibration_samples(None, CalibrationSettings(n_samples=9, seq_len=10, token_file=str(tmp_path / "calib.pt")))
 
 
+def test_a_calibration_longer_than_the_context_or_the_data_is_refused_without_a_model(tmp_path, monkeypatch):
+    (tmp_path / "wikitext2").mkdir()
+    (tmp_path / "wikitext2" / "wikitext-2-raw-test.txt").write_text("x" * 100)
+    monkeypatch.setenv("COMPRESSION_DATA_DIR", str(tmp_path))
+    with pytest.raises(ValueError, match="seq_len=1024 tokens is longer than the model's context of 512 tokens"):
+        check_calibration(CalibrationSettings(dataset="wikitext2", seq_len=1024), context_length=512)
+    with pytest.raises(ValueError, match="cannot be drawn from wikitext2: its longest text has 100 bytes"):
+        check_calibration(CalibrationSettings(dataset="wikitext2", seq_len=200), context_length=512)
+    check_calibration(CalibrationSettings(dataset="wikitext2", seq_len=50), context_length=512)
+    with pytest.raises(ValueError, match="cannot be drawn from wikitext2: it has 100 tokens"):  # the exact count
+        calibration_samples(ByteTokenizer(), CalibrationSettings(dataset="wikitext2", n_samples=2, seq_len=100))
+    assert calibration_samples(ByteTokenizer(), CalibrationSettings(dataset="wikitext2", n_samples=2,
+                                                                    seq_len=50)).shape == (2, 50)
+
+
+@needs_data
+def test_a_calibration_longer_than_every_c4_document_is_refused_up_front():
+    with pytest.raises(ValueError, match="seq_len=100000 tokens cannot be drawn from c4"):
+        check_calibration(CalibrationSettings(seq_len=100000))
+    with pytest.raises(ValueError, match="seq_len=100000 tokens cannot be drawn from c4"):  # not after 25,600 draws
+        calibration_samples(ByteTokenizer(), CalibrationSettings(seq_len=100000))
+
+
 def test_bad_settings_are_named():
     with pytest.raises(ValueError, match="imagenet"):
         CalibrationSettings(dataset="imagenet")
@@ -95,6 +126,7 @@ def test_results_table_appends_and_skips(tmp_path):
     assert table.done(key)
     record = table.records()[0]
     assert record["value"] == 3.5 and record["versions"]["torch"] and record["time"]
+    assert record["numbers_version"] and record["commit"]
     frame = table.frame()
     assert frame.loc[0, "settings.sparsity"] == 0.5
 

@@ -11,7 +11,8 @@ from helpers.evaluation.metrics import DenseReference
 from helpers.experiments.core import (DENSE_LABEL, Measurement, ModelSnapshot, Runner, Variant, latest_frame,
                                       parse_variant)
 from helpers.experiments.longcontext import context_kl_measurement, log_bin_edges, protection_measurement
-from helpers.models import compressed_linears, linear_weight, load_model
+from helpers.data import CalibrationSettings
+from helpers.models import ByteTokenizer, compressed_linears, linear_weight, load_model
 from helpers.results import ResultsTable
 
 
@@ -112,6 +113,17 @@ def test_a_killed_run_loses_nothing_and_resumes_past_a_half_written_line(tiny, t
         frame = latest_frame(table, model="tiny-llama")
     assert sorted(frame.label.unique()) == ["magnitude 30%", "magnitude 50%"]  # the new record was not swallowed
     assert len(frame[frame.metric == "mean_abs_weight"]) == 2
+
+
+def test_runner_refuses_a_calibration_longer_than_the_context_before_any_measurement(tiny, tmp_path):
+    model, _, _ = tiny
+    measured = []
+    measurement = Measurement("probe", lambda point: measured.append(point.variant.label) or [])
+    too_long = Recipe(method="wanda", sparsity=0.5, calibration=CalibrationSettings(n_samples=2, seq_len=1024))
+    runner = quiet_runner(model, ResultsTable(tmp_path / "r.jsonl"), tokenizer=ByteTokenizer())
+    with pytest.raises(ValueError, match="seq_len=1024 tokens is longer than the model's context of 512"):
+        runner.run([Variant.dense(), Variant("wanda 50%", too_long)], [measurement])
+    assert measured == [] and ResultsTable(tmp_path / "r.jsonl").records() == []
 
 
 def test_latest_frame_keeps_only_the_latest_attempt(tiny, tmp_path):

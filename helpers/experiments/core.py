@@ -18,7 +18,9 @@ Every notebook, the LLM-KICK sweep and the command line stand on these four piec
 - `Runner.run` does, for each variant: skip what is recorded, restore (checked), compress, run each
   `Measurement`, and write its tidy rows (tagged with a key and an attempt id) as soon as they are
   measured, so a killed run loses at most the measurement in progress. Every row carries the bits per
-  weight under helpers.compression.storage's convention, named in `storage_convention`.
+  weight under helpers.compression.storage's convention, named in `storage_convention`. The key holds
+  helpers.results.NUMBERS_VERSION: a row recorded by code whose numbers differ is measured again (and
+  the log says so), never reused.
 - `latest_frame` reads the latest attempt of every recorded key.
 """
 from __future__ import annotations
@@ -37,8 +39,9 @@ from ..compression.activations import ActivationSettings, KVSettings, quantize_a
 from ..compression.compress import METHODS, CompressionReport, Recipe, check_recipe, compress_model
 from ..compression.quantizer import QuantSettings
 from ..compression.storage import STORAGE_CONVENTION, VALUE_BITS
-from ..data import CalibrationSettings, calibration_samples
-from ..results import ResultsTable, run_key
+from ..data import CalibrationSettings, calibration_samples, check_calibration
+from ..evaluation.tasks.generation import context_length
+from ..results import NUMBERS_VERSION, ResultsTable, run_key
 
 DENSE_LABEL = "dense"
 
@@ -81,6 +84,11 @@ class Variant:
     @property
     def is_dense(self) -> bool:
         return self.label == DENSE_LABEL
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether compressing this variant draws calibration tokens (its recipe's, or a schedule's pass)."""
+        return self.recipe is not None and (self.recipe.needs_calibration or self.compress is not None)
 
     @property
     def method(self) -> str:
@@ -353,9 +361,20 @@ class Runner:
         if self.snapshot is None:
             self.snapshot = ModelSnapshot(self.model)
 
-    def key(self, variant: Variant, measurement: Measurement) -> str:
+    def key(self, variant: Variant, measurement: Measurement, numbers_version: int | str | None = NUMBERS_VERSION) -> str:
+        """The skip key of one (variant, measurement); numbers_version=None gives the key of a row written
+        before rows carried a numbers version."""
+        version = {} if numbers_version is None else {"numbers_version": numbers_version}
         return run_key(model=self.model_name, label=variant.label, settings=variant.record_settings(),
-                       protocol=self.protocol, task=measurement.name, measured=dict(measurement.describe))
+                       protocol=self.protocol, task=measurement.name, measured=dict(measurement.describe), **version)
+
+    def stale_versions(self, variant: Variant, measurements: Sequence[Measurement], recorded: set[str],
+                       versions: set) -> list[str]:
+        """The other numbers versions (None: rows without one, "unknown") that recorded any of `measurements`
+        of `variant`: what is measured again rather than reused."""
+        found = {version for version in versions for m in measurements
+                 if self.key(variant, m, numbers_version=version) in recorded}
+        return sorted("unknown" if version is None else str(version) for version in found)
 
     def calibration(self, settings: CalibrationSettings) -> torch.Tensor:
         if self.calibration_ids is not None:  # the given ids must be what the variant records it used
@@ -391,17 +410,30 @@ class Runner:
         names = [m.name for m in measurements]
         if len(set(names)) != len(names) or not names:
             raise ValueError(f"measurement names must be unique and at least one; got {names}.")
-        for variant in variants:  # every recipe against the model's shapes, before any work
+        records = [r for r in self.table.records() if r.get("attempt")]
+        recorded = {r.get("key") for r in records}
+        other_versions = {r.get("numbers_version") for r in records} - {NUMBERS_VERSION}
+        pending = {v.label: [m for m in measurements if self.key(v, m) not in recorded] for v in variants}
+        checked = set(self._calibration)
+        for variant in variants:  # every recipe against the model's shapes, every calibration to draw: before any work
             if variant.recipe is not None:
                 check_recipe(self.model, variant.recipe)
-        recorded = {r.get("key") for r in self.table.records() if r.get("attempt")}
+            calibration = variant.recipe.calibration if variant.needs_calibration else None
+            if pending[variant.label] and calibration is not None and self.calibration_ids is None \
+                    and calibration not in checked:
+                check_calibration(calibration, context_length=context_length(self.model))
+                checked.add(calibration)
         reports = {}
         try:
             for variant in tqdm(variants, desc="variants", disable=not self.progress):
-                todo = [m for m in measurements if self.key(variant, m) not in recorded]
+                todo = pending[variant.label]
                 if not todo:
                     self.log(f"{variant.label}: already recorded, skipped")
                     continue
+                stale = self.stale_versions(variant, todo, recorded, other_versions)
+                if stale:
+                    self.log(f"{variant.label}: recorded by numbers version {', '.join(stale)}, this code is "
+                             f"{NUMBERS_VERSION}: measured again")
                 self.snapshot.restore(self.model)
                 started = time.perf_counter()
                 report = self.compress(variant)

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data import evaluation_windows
+from ..data import check_calibration, check_max_windows, evaluation_windows
 from ..compression.export import check_exportable, save_compressed
 from ..compression.storage import sparsity_report
 from ..evaluation.metrics import DenseReference, evaluate
+from ..evaluation.tasks.generation import context_length
 from ..claims import board as claims_board
 from ..experiments.core import DENSE_LABEL as DENSE
 from ..models import load_model
@@ -51,10 +52,22 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dataset", default="wikitext2", help="evaluation text: wikitext2 | c4")
     group.add_argument("--token-file", default=None, help="saved token ids to evaluate on instead of a dataset")
     group.add_argument("--seq-len", type=int, default=1024, help="window length in tokens (non-overlapping)")
-    group.add_argument("--max-windows", type=int, default=None,
-                       help="evaluate only the first N windows (default: the whole split)")
+    group.add_argument("--max-windows", type=window_count, default=None,
+                       help="evaluate only the first N >= 1 windows (default: the whole split)")
     group.add_argument("--results", default=str(DEFAULT_RESULTS), help="JSON-lines results table to append to")
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def window_count(text: str) -> int:
+    """--max-windows: a whole number of windows >= 1 (refused by the parser, before anything loads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of windows >= 1, e.g. 16; leave the "
+                                         "flag out to evaluate every window.")
+    return value
 
 
 def eval_protocol(args) -> dict:
@@ -73,6 +86,7 @@ def record_evaluation(table: ResultsTable, args, method: str, settings: dict, re
 
 
 def command_eval(args) -> int:
+    check_eval_settings(args)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     windows = evaluation_windows(tokenizer, dataset=args.dataset, seq_len=args.seq_len,
                                  max_windows=args.max_windows, token_file=args.token_file)
@@ -210,8 +224,7 @@ def check_eval_settings(args) -> None:
     """Window settings and input files, checked before anything heavy is loaded."""
     if args.seq_len < 2:
         raise ValueError(f"seq_len={args.seq_len}; a perplexity window needs at least 2 tokens (e.g. 1024).")
-    if args.max_windows is not None and args.max_windows < 1:
-        raise ValueError(f"max_windows={args.max_windows}; expected a positive number or leave it out (all).")
+    check_max_windows(args.max_windows)
     if args.dataset not in ("wikitext2", "c4"):
         raise ValueError(f"evaluation dataset={args.dataset!r}; expected 'wikitext2' or 'c4' (or --token-file).")
     for option, path in (("--token-file", args.token_file),
@@ -256,7 +269,8 @@ def check_save(args, variant, model=None) -> None:
 
 
 def prepare(args, kl: str) -> Prepared:
-    """Every check first (settings, files, the recipe against the model's shapes), then the dense pass."""
+    """Every check first (settings, files, the recipe against the model's shapes, the calibration against its
+    context and the data), then the dense pass."""
     from ..compression.compress import check_recipe
 
     variant = compress_variant(args)
@@ -267,6 +281,8 @@ def prepare(args, kl: str) -> Prepared:
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     if variant.recipe is not None:
         check_recipe(model, variant.recipe)  # before the dense reference pass
+    if variant.needs_calibration:  # the calibration can be drawn (model context, data size), before the dense pass
+        check_calibration(variant.recipe.calibration, context_length=context_length(model))
     if saving:
         check_save(args, variant, model)
     windows = evaluation_windows(tokenizer, dataset=args.dataset, seq_len=args.seq_len,
