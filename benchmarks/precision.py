@@ -12,10 +12,13 @@ Sections (each unit is recorded as it finishes in --output (.jsonl) and skipped 
   loads); logits, NLL and KL are computed in float32 from each model's final hidden states.
 - answers: the same short-answer questions answered greedily by the float32 and the bfloat16 dense model:
   the share of identical answers (Wilson interval over questions), each one's score, seconds per answer.
+- timing: one window in each precision: the forward pass alone, and a compressed variant's whole window (forward +
+  the float32 head twice, for NLL and KL), which is what a notebook pays per variant.
 - compress: SparseGPT 50% through the engine with 64 x 512 C4 calibration tokens (the reference protocol's
   set), the model in each precision: seconds with the engine's split, the two-forward floor in the same
   precision, and KL of the result against the float32 dense model on 16 windows of 512 tokens (what compressing
-  from bf16 activations costs in quality).
+  from bf16 activations costs in quality); each precision with the statistics gathered per linear (as before) and
+  once per distinct input (the engine's default now).
 
 CPU flags (lscpu: amx_bf16, avx512_bf16) and torch threads are printed and recorded with every row.
 """
@@ -46,8 +49,10 @@ DEFAULT_UNITS = [  # (section, model, context or task, windows or examples)
     ("floor", "gemma3-270m", 16384, 4),
     ("answers", "gemma3-270m", "triviaqa_closed_book", 300),
     ("floor", "gemma3-270m", 32768, 2),
+    ("timing", "smollm2-135m", 8192, 1),
+    ("timing", "gemma3-270m", 16384, 1),
 ]
-QUICK_UNITS = [("compress", "tiny-llama", 32, 2), ("floor", "tiny-llama", 128, 2),
+QUICK_UNITS = [("compress", "tiny-llama", 32, 2), ("floor", "tiny-llama", 128, 2), ("timing", "tiny-llama", 128, 1),
                ("answers", "tiny-llama", "triviaqa_closed_book", 4)]  # a check of the script, seconds
 
 
@@ -97,6 +102,38 @@ def floor_unit(table, model_name: str, context: int, windows: int, protocol: dic
               f"KL by bin " + ", ".join(f"{k} {v:.3g}" for k, v in bins.items()), flush=True)
 
 
+def timing_unit(table, model_name: str, context: int, protocol: dict) -> None:
+    """Seconds of one window's work in each precision, split: the forward pass alone (final hidden states), and
+    what a compressed variant costs in a notebook (forward + the float32 head twice for NLL and KL)."""
+    from helpers.evaluation.metrics import final_hidden
+
+    key = f"timing/{model_name}/{context}"
+    if table.done(key):
+        print(f"{key}: already recorded, skipped")
+        return
+    model, tokenizer = load_model(model_name)
+    window = evaluation_windows(tokenizer, seq_len=context, max_windows=1)
+    reference = DenseReference(model, window, progress=False)
+    seconds = {}
+    for label, candidate in (("fp32", model), ("bf16", bf16_copy(model))):
+        with torch.no_grad():
+            start = time.perf_counter()
+            final_hidden(candidate, window)
+            seconds[f"forward_{label}"] = time.perf_counter() - start
+        start = time.perf_counter()
+        evaluate(candidate, window, reference, progress=False)
+        seconds[f"variant_{label}"] = time.perf_counter() - start
+    common = dict(model=model_name, method="bfloat16 vs float32", dataset="wikitext2", settings={"context": context},
+                  protocol=protocol)
+    for name, value in seconds.items():
+        table.append(**common, metric=f"seconds_{name}", value=value)
+    table.append(**common, metric="peak_rss_gib", value=peak_rss_gib(), key=key)
+    print(f"{key}: forward float32 {seconds['forward_fp32']:.1f} s, bf16 {seconds['forward_bf16']:.1f} s "
+          f"({seconds['forward_fp32'] / seconds['forward_bf16']:.2f}x); a variant's window (forward + float32 head for "
+          f"NLL and KL) {seconds['variant_fp32']:.1f} s vs {seconds['variant_bf16']:.1f} s "
+          f"({seconds['variant_fp32'] / seconds['variant_bf16']:.2f}x)", flush=True)
+
+
 def answers_unit(table, model_name: str, task: str, examples: int, protocol: dict) -> None:
     from helpers.evaluation.tasks import RetrievalQASettings
     from helpers.evaluation.tasks.generation import GenerationSettings
@@ -144,18 +181,21 @@ def compress_unit(table, model_name: str, eval_len: int, windows: int, protocol:
     ids = calibration_samples(tokenizer, CalibrationSettings(n_samples=calibration[0], seq_len=calibration[1], seed=0))
     data = evaluation_windows(tokenizer, seq_len=eval_len, max_windows=windows)
     reference = DenseReference(model, data, progress=False)
-    for label in ("fp32", "bf16"):
-        key = f"compress/{model_name}/sparsegpt 50%/{label}"
+    for label, share in (("fp32", False), ("bf16", False), ("fp32", True), ("bf16", True)):
+        key = f"compress/{model_name}/sparsegpt 50%/{label}" + ("/shared statistics" if share else "")
         if table.done(key):
             print(f"{key}: already recorded, skipped")
             continue
         candidate = copy.deepcopy(model) if label == "fp32" else bf16_copy(model)
         floor = two_forward_floor(candidate, ids)
         report = compress_model(candidate, Recipe(method="sparsegpt", sparsity=0.5), calibration_ids=ids,
-                                progress=False)
+                                progress=False, share_statistics=share)
         result = evaluate(candidate, data, reference, progress=False)
-        common = dict(model=model_name, method=f"sparsegpt 50% from {label}", dataset="c4 64 x 512",
-                      settings={"precision": label, "eval": f"wikitext2 {windows} x {eval_len}"}, protocol=protocol)
+        common = dict(model=model_name, method=f"sparsegpt 50% from {label}" + (", statistics once per input" if share
+                                                                               else ", statistics per linear"),
+                      dataset=f"c4 {calibration[0]} x {calibration[1]}",
+                      settings={"precision": label, "shared_statistics": share,
+                                "eval": f"wikitext2 {windows} x {eval_len}"}, protocol=protocol)
         for name, value in {"seconds": report.seconds, **report.timings, "floor_seconds": floor,
                             "mean_kl_vs_fp32_dense": result.mean_kl(), "perplexity": result.perplexity}.items():
             table.append(**common, metric=name, value=value)
@@ -190,6 +230,15 @@ def report(table) -> None:
             fp32 = group[group.metric == "seconds_fp32"].value.mean()
             bf16 = group[group.metric == "seconds_bf16"].value.mean()
             print(f"| {model} | {context} | {len(group) // 2} | {fp32:.1f} | {bf16:.1f} | {fp32 / bf16:.2f}x |")
+    timing = frame[frame.metric.str.startswith(("seconds_forward", "seconds_variant"))]
+    if not timing.empty:
+        print("\n| model | context | forward s float32 | forward s bf16 | speed-up | variant window s float32 | "
+              "variant window s bf16 | speed-up |\n|---|---|---|---|---|---|---|---|")
+        for (model, context), group in timing.groupby(["model", "settings.context"], sort=False):
+            v = group.set_index("metric").value
+            print(f"| {model} | {int(context)} | {v['seconds_forward_fp32']:.1f} | {v['seconds_forward_bf16']:.1f} | "
+                  f"{v['seconds_forward_fp32'] / v['seconds_forward_bf16']:.2f}x | {v['seconds_variant_fp32']:.1f} | "
+                  f"{v['seconds_variant_bf16']:.1f} | {v['seconds_variant_fp32'] / v['seconds_variant_bf16']:.2f}x |")
     answers = frame[frame.metric.str.startswith(("same_answer", "score_", "seconds_per_answer"))]
     if not answers.empty:
         print("\n| model | task | n | identical answers [95% Wilson] | score fp32 | score bf16 | s/answer fp32 | s/answer bf16 |")
@@ -208,7 +257,7 @@ def report(table) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=["floor", "answers", "compress"], action="append")
+    parser.add_argument("--only", choices=["floor", "answers", "compress", "timing"], action="append")
     parser.add_argument("--model", default=None, help="with --only: this model (default: every default unit's)")
     parser.add_argument("--context", type=int, default=None, help="floor: tokens per window")
     parser.add_argument("--windows", type=int, default=None, help="floor: windows; answers: questions")
@@ -231,6 +280,8 @@ def main(argv=None) -> int:
             continue
         if section == "floor":
             floor_unit(table, model_name, args.context or size, args.windows or count, protocol)
+        elif section == "timing":
+            timing_unit(table, model_name, args.context or size, protocol)
         elif section == "answers":
             answers_unit(table, model_name, size, args.windows or count, protocol)
         else:

@@ -284,8 +284,9 @@ def check_recipe(model: nn.Module, recipe: Recipe) -> dict[str, nn.Module]:
 
 def compress_model(model: nn.Module, recipe: Recipe, *, tokenizer=None, calibration_ids: torch.Tensor | None = None,
                    device: str | torch.device | None = None, batch_size: int = 8,
-                   progress: bool = True) -> CompressionReport:
-    """Compress every decoder-block linear of `model` in place according to `recipe`."""
+                   progress: bool = True, share_statistics: bool = True) -> CompressionReport:
+    """Compress every decoder-block linear of `model` in place according to `recipe`. share_statistics: one
+    collector per distinct input tensor (the engine's `SharedInputs`; False only to time the old way)."""
     start = time.perf_counter()
     method = METHODS[recipe.method](recipe)
     linears = check_recipe(model, recipe)
@@ -299,6 +300,7 @@ def compress_model(model: nn.Module, recipe: Recipe, *, tokenizer=None, calibrat
             warnings.simplefilter("always")
             engine = run_layerwise(model, calibration_ids, method, device=device, batch_size=batch_size,
                                    progress=progress, true_sequential=recipe.true_sequential,
+                                   share_statistics=share_statistics,
                                    layer_filter=None if recipe.blocks == "all" else linears.__contains__)
         layers = engine.layers
         messages = [str(w.message) for w in caught]
