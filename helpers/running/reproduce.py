@@ -50,6 +50,17 @@ NOTEBOOK_NAME = re.compile(r"^\d\d_.+\.ipynb$")
 PROFILE_NAMES = ("tiny", "cpu", "long", "paper")
 INPLACE_PROFILES = ("cpu", "long")
 
+# Precision of the cpu and long profiles, chosen by the rule of helpers.claims.rules.precision_allows (bf16 only
+# where its noise floor is below 5% of the smallest effect a claim needs) from benchmarks/precision.py's numbers
+# (benchmarks/README.md): KL(float32 || bf16) of SmolLM2's dense model is 0.0007-0.0013 nats per token (0.0013 in
+# [4096, 8192)), Gemma-3's 0.0005-0.0014; bf16 changes 11% (SmolLM2, NQ open book) and 15% (Gemma-3, TriviaQA)
+# of greedy answers. 01 stays float32 (late-bin floor 0.0013 is 5.3% of a 10% growth of GPTQ g128's ~0.25 nats),
+# 03 stays float32 (its claims turn on answers, which bf16 alone changes by 11-15%); 02 (protection moves KL by
+# 0.05-0.34 nats: floor 0.4-2.6%) and 04 (schedules differ by >= 5% of ~0.8 nats: floor 2-3%) run in bf16, which
+# also makes their compression passes 1.5x faster. The long profiles stay float32: on Gemma-3 the float32 head
+# over its 262K-entry vocabulary dominates an evaluation, so bf16 buys little there.
+BF16 = {"dtype": "bfloat16"}
+
 # Per-notebook parameters for each profile; `cpu` is normally empty (the notebook's own defaults).
 # A notebook without an entry gets only {"profile": name}. Tiny runs must finish in about 2 minutes
 # on 2 CPU cores: tiny-<family> models, contexts of tens of tokens, one or two windows.
@@ -66,8 +77,8 @@ PROFILES: dict[str, dict[str, dict]] = {
                  "quant_sparsities": [0.7], "quant_seeds": {4: [0, 1], 3: [0]}, "dense_hessian_sparsities": [0.7],
                  "ablation_sparsity": 0.5, "ablations": ["levels 2", "decades", "per weight"],
                  "pruned_ablations": ["decades"]},
-        # cpu: the notebook's defaults (SmolLM2, 3 seeds x 64 windows of 512 tokens)
-        "cpu": {},
+        # cpu: the notebook's defaults (SmolLM2, 3 seeds x 64 windows of 512 tokens), in bf16 (see BF16)
+        "cpu": BF16,
         # the second architecture: Gemma-3-270M, the main comparison at one working sparsity, one seed, fewer
         # windows (its 262K-entry output head makes an evaluation ~5x the cost of SmolLM2's)
         "long": {"model": "gemma3-270m", "seeds": [0], "sparsities": [0.5], "quant_bits": [], "quant_sparsities": [],
@@ -152,7 +163,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         "tiny": {"model": "tiny-llama", "max_context": 64, "n_windows": 3, "smallest_context": 8,
                  "bit_widths": [3], "protect_fractions": [0.0, 0.05], "group_sizes": [32],
                  "heatmap_fraction": 0.05, "calibration_samples": 4, "calibration_seq_len": 32},
-        "cpu": {},
+        "cpu": BF16,  # see BF16 above
         "paper": {"model": "togethercomputer/LLaMA-2-7B-32K", "dtype": "float16", "device": "cuda",
                   "max_context": 32768, "n_windows": 8, "smallest_context": 1024,
                   "protect_fractions": [0.0, 0.005, 0.01, 0.02, 0.05], "group_sizes": [128],
