@@ -58,3 +58,18 @@ def test_gpu_check_script_runs_on_the_cpu(tmp_path):
     assert {k: v["status"] for k, v in protocol["sections"].items()} == {
         "layers": "ok", "end-to-end": "ok", "engine": "ok", "long-kl": "ok"}
     assert "device: " in printed and "torch: " in printed
+
+
+def test_precision_script_records_every_unit_and_resumes(tmp_path):
+    output = tmp_path / "precision.jsonl"
+    printed = run("precision.py", "--quick", "--threads", "1", "--output", str(output), tmp_path=tmp_path)
+    rows = [json.loads(line) for line in output.read_text().splitlines() if line.strip()]
+    keys = {row["key"] for row in rows if row.get("key")}
+    assert {key.split("/")[0] for key in keys} == {"compress", "floor", "timing", "answers"}
+    kl = [row["value"] for row in rows if row["metric"] == "kl_bin"]
+    assert kl and all(value >= 0 for value in kl) and max(kl) < 1e-3  # bf16 rounding of a tiny model: a small KL
+    same = next(row for row in rows if row["metric"] == "same_answer")
+    assert 0 <= same["low"] <= same["value"] <= same["high"] <= 1
+    assert "identical answers [95% Wilson]" in printed and "CPU bf16 flags" in printed
+    again = run("precision.py", "--quick", "--threads", "1", "--output", str(output), tmp_path=tmp_path)
+    assert again.count("already recorded, skipped") == len(keys)
