@@ -114,7 +114,16 @@ def test_precision_floor_is_the_kl_between_the_two_precisions_of_one_model():
     from helpers.evaluation.metrics import precision_floor
 
     windows = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
-    same = precision_floor("tiny-llama", windows, dtype="float32")
-    lower = precision_floor("tiny-llama", windows, dtype="bfloat16")
+    same = precision_floor(load_model("tiny-llama")[0], "tiny-llama", windows)
+    lower = precision_floor(load_model("tiny-llama", dtype="bfloat16")[0], "tiny-llama", windows)
     assert float(same.kl.abs().max()) < 1e-6           # float32 against itself: nothing
     assert float(lower.kl.mean()) > 1e-8 and lower.kl.shape == (2, 32)  # bf16 rounding: a small positive KL
+
+
+def test_floor_summary_is_none_in_float32_and_reports_a_reduced_precision():
+    from helpers.evaluation.metrics import floor_summary
+
+    windows = torch.randint(0, 256, (6, 32), generator=torch.Generator().manual_seed(0))
+    assert floor_summary(load_model("tiny-llama")[0], "tiny-llama", windows) is None
+    summary = floor_summary(load_model("tiny-llama", dtype="bfloat16")[0], "tiny-llama", windows)
+    assert summary["dtype"] == "bfloat16" and summary["windows"] == 4 and summary["mean_kl"] > 0

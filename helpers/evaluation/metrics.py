@@ -171,29 +171,27 @@ def perplexity(model: nn.Module, windows: torch.Tensor, *, progress: bool = True
     return evaluate(model, windows, progress=progress).perplexity
 
 
-def precision_floor(model_name: str, windows: torch.Tensor, *, dtype: str | torch.dtype = "bfloat16",
-                    device: str | torch.device | None = "cpu", progress: bool = False) -> WindowResult:
-    """The noise a lower precision adds on its own: the dense model loaded in `dtype` evaluated against the same
-    model in float32 on `windows` -> per-token NLL and KL(float32 dense || `dtype` dense). A run in `dtype`
-    cannot measure an effect of this size; print it beside the results and gate verdicts on it
-    (helpers.claims.rules.noise_gate). Loads the model twice (float32 and `dtype`)."""
+def precision_floor(model: nn.Module, model_name: str, windows: torch.Tensor, *, progress: bool = False) -> WindowResult:
+    """The noise a lower precision adds on its own: `model` (loaded as `model_name` in a reduced dtype) evaluated
+    against the same model loaded in float32 on `windows` -> per-token NLL and KL(float32 dense || `model`). A run
+    in that dtype cannot measure an effect of this size; print it beside the results and gate verdicts on it
+    (helpers.claims.rules.noise_gate). Loads the float32 model once, on `model`'s device."""
     from ..models import load_model
 
-    reference_model, _ = load_model(model_name, dtype="float32", device=device)
+    reference_model, _ = load_model(model_name, dtype="float32", device=next(model.parameters()).device)
     reference = DenseReference(reference_model, windows, progress=progress)
     del reference_model
-    model, _ = load_model(model_name, dtype=dtype, device=device)
     return evaluate(model, windows, reference, progress=progress)
 
 
-def floor_summary(model_name: str, windows: torch.Tensor, *, dtype: str | torch.dtype, device="cpu",
-                  max_windows: int = 4) -> dict | None:
-    """What a notebook prints beside its results: None for a float32 run; otherwise the noise floor of `dtype`
-    (`precision_floor` on the first `max_windows` windows): mean KL per token over all positions and over the
+def floor_summary(model: nn.Module, model_name: str, windows: torch.Tensor, *, max_windows: int = 4) -> dict | None:
+    """What a notebook prints beside its results: None when `model` is float32; otherwise the noise floor of its
+    dtype (`precision_floor` on the first `max_windows` windows): mean KL per token over all positions and over the
     last quarter of each window (where long-context growth is judged), in nats, with the number of windows."""
-    if str(dtype).removeprefix("torch.") in ("float32", "fp32"):
+    dtype = next(model.parameters()).dtype
+    if dtype == torch.float32:
         return None
-    result = precision_floor(model_name, windows[:max_windows], dtype=dtype, device=device)
+    result = precision_floor(model, model_name, windows[:max_windows])
     quarter = max(1, result.kl.shape[1] // 4)
     return {"dtype": str(dtype).removeprefix("torch."), "windows": int(result.kl.shape[0]),
             "mean_kl": result.mean_kl(), "last_quarter_kl": result.kl[:, -quarter:].double().mean().item()}
