@@ -360,26 +360,23 @@ def hessian_schedule(errors: Mapping[str, float], sizes: Mapping[str, int], targ
 class HessianStore:
     """Observe-only engine method: keeps every linear's Hessian (on `storage`) and changes nothing.
 
-    Linears fed the same input (q/k/v, gate/up) get identical Hessians; those share one tensor.
+    Linears fed the same input (q/k/v, gate/up) share one collector in the engine (`SharedInputs`); their
+    Hessian is stored once and shared.
     """
     modifies_weights = False
 
     def __init__(self, storage: str | torch.device = "cpu"):
         self.storage = storage
         self.hessians: dict[str, torch.Tensor] = {}
-        self._block_seen: list[torch.Tensor] = []
+        self._last: tuple[object, torch.Tensor] | None = None  # (collector, its stored Hessian)
 
     def collector(self, name, linear):
         return HessianCollector(linear_weight(linear).shape[1], device=linear.weight.device)
 
     def compress(self, name, linear, collector):
-        hessian = collector.hessian()
-        shared = next((h for h in self._block_seen if h.shape == hessian.shape
-                       and torch.equal(h, hessian.to(h.device))), None)
-        if shared is None:
-            shared = hessian.to(self.storage)
-            self._block_seen = self._block_seen[-3:] + [shared]
-        self.hessians[name] = shared
+        if self._last is None or self._last[0] is not collector:  # sharers are compressed one after another
+            self._last = (collector, collector.hessian().to(self.storage))
+        self.hessians[name] = self._last[1]
         return {"calibration_tokens": collector.tokens}
 
 
