@@ -114,10 +114,7 @@ def test_no_big_or_data_files_tracked():
         path = REPO / name
         if path.is_file() and path.stat().st_size > MAX_TRACKED_BYTES:
             big.append(f"{name} ({path.stat().st_size / 2**20:.1f} MiB)")
-        # benchmarks/results/ holds the small tidy rows behind benchmarks/README.md's tables (size-limited above)
-        tidy_rows = name.startswith("benchmarks/results/") and name.endswith(".jsonl")
-        if not name.startswith("tests/") and not tidy_rows and re.search(
-                r"\.(gguf|parquet|safetensors|bin|pt|pth|ckpt|jsonl|jsonl\.gz|story)$", name):
+        if not name.startswith("tests/") and re.search(r"\.(gguf|parquet|safetensors|bin|pt|pth|ckpt|jsonl|jsonl\.gz|story)$", name):
             data.append(name)
     assert not big, f"files over {MAX_TRACKED_BYTES >> 20} MiB are tracked (data and weights live outside the repo): {big}"
     assert not data, f"data or weight files are tracked (results/ and shared/data/ are not committed): {data}"

@@ -207,15 +207,17 @@ def notebook_defaults(notebook: Path) -> dict:
     return defaults
 
 
-def profile_parameters(notebook: Path, profile: str) -> dict:
-    """Parameters to inject for `profile`: PROFILES' entry plus `profile`, minus the notebook's defaults."""
+def profile_parameters(notebook: Path, profile: str, overrides: dict | None = None) -> dict:
+    """Parameters to inject for `profile`: PROFILES' entry plus `profile`, minus the notebook's defaults; then
+    `overrides` where the notebook declares them (always injected: they were asked for)."""
     if profile not in PROFILE_NAMES:
         raise ValueError(f"profile={profile!r}; expected one of {PROFILE_NAMES}.")
-    wanted = {**PROFILES.get(Path(notebook).stem, {}).get(profile, {}), "profile": profile}
     defaults = notebook_defaults(notebook)
+    wanted = {**PROFILES.get(Path(notebook).stem, {}).get(profile, {}), "profile": profile}
     if "profile" not in defaults:
         wanted.pop("profile")
-    return {k: v for k, v in wanted.items() if k not in defaults or defaults[k] != v}
+    return {**{k: v for k, v in wanted.items() if k not in defaults or defaults[k] != v},
+            **{k: v for k, v in (overrides or {}).items() if k in defaults}}
 
 
 def code_digest(notebook: Path, parameters: dict) -> str:
@@ -383,9 +385,7 @@ def reproduce(profile: str, *, only: list[str] | None = None, redo: bool = False
         output = output_dir / "notebooks" / notebook.name
         prefix = f"[{index}/{len(notebooks)}] {notebook.stem}"
         try:
-            parameters = profile_parameters(notebook, profile)
-            declared = notebook_defaults(notebook)
-            parameters.update({k: v for k, v in (overrides or {}).items() if k in declared})
+            parameters = profile_parameters(notebook, profile, overrides)
         except Exception as err:  # noqa: BLE001 - an unreadable notebook is one failure among others
             outcomes.append(Outcome(notebook.stem, "failed", error=f"{type(err).__name__}: {err}"))
             log(f"{prefix}: FAILED to read its parameters: {err}")
