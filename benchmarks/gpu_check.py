@@ -213,22 +213,23 @@ def long_kl_rows(device: str, quick: bool) -> list[dict]:
 def engine_budget_rows(device: str, quick: bool) -> list[dict]:
     """The engine under a device memory budget smaller than the model: SparseGPT 50% of a 2-block model of
     Llama-2-7B's shapes (float16, on the CPU) gives the per-block peak; the budget is set to 1.15x that peak
-    (torch.cuda.set_per_process_memory_fraction) and a model with enough blocks to exceed it is compressed."""
+    (torch.cuda.set_per_process_memory_fraction) and a model with enough blocks to exceed it is compressed.
+    On the CPU only the 2-block run (no budget, no peak)."""
     size = "quick" if quick else "full"
     samples, tokens = (4, 64) if quick else (16, 2048)
     cuda = device.startswith("cuda")
-    dtype = torch.float16 if cuda else torch.float32
     generator = torch.Generator().manual_seed(0)
-    rows, budget = [], None
-    blocks = 2
-    while True:
-        model = llama_shaped(size, blocks=blocks, dtype=dtype, device=device if cuda else "cpu").to("cpu")
-        if cuda:
-            torch.cuda.empty_cache()
+
+    def compress_under(blocks: int, budget: float | None) -> dict:
+        model = llama_shaped(size, blocks=blocks, dtype=torch.float16 if cuda else torch.float32,
+                             device=device if cuda else "cpu").to("cpu")
+        block_gib = gib(sum(p.numel() * p.element_size() for p in decoder_layers(model)[0].parameters()))
         model_gib = gib(sum(p.numel() * p.element_size() for p in model.parameters()))
         calibration = torch.randint(0, model.config.vocab_size, (samples, tokens), generator=generator)
-        if budget is not None and cuda:
-            torch.cuda.set_per_process_memory_fraction(budget / gib(torch.cuda.get_device_properties(0).total_memory))
+        if cuda:
+            torch.cuda.empty_cache()
+            if budget is not None:
+                torch.cuda.set_per_process_memory_fraction(budget / gib(torch.cuda.get_device_properties(0).total_memory))
         reset_peak(device)
         start = time.perf_counter()
         try:
@@ -241,16 +242,17 @@ def engine_budget_rows(device: str, quick: bool) -> list[dict]:
             if cuda:
                 torch.cuda.set_per_process_memory_fraction(1.0)
         synchronize(device)
-        rows.append({"check": "engine under a memory budget", "blocks": blocks, "model_gib": model_gib,
-                     "budget_gib": budget if budget is not None else float("nan"), "calibration": f"{samples} x {tokens}",
-                     "seconds": time.perf_counter() - start, "peak_gib": peak(device), "status": status,
-                     "achieved_sparsity": sparsity, "finite": status == "ok"})
-        del model
-        if budget is not None or not cuda:
-            return rows
-        budget = 1.15 * rows[0]["peak_gib"]
-        per_block = (rows[0]["model_gib"] - gib(2 * 32000 * 4096 * 2)) / 2 if not quick else 0.0
-        blocks = max(4, int((budget - gib(2 * 32000 * 4096 * 2)) / per_block) + 2) if per_block else 4
+        return {"check": "engine under a memory budget", "blocks": blocks, "model_gib": model_gib,
+                "block_gib": block_gib, "budget_gib": float("nan") if budget is None else budget,
+                "calibration": f"{samples} x {tokens}", "seconds": time.perf_counter() - start,
+                "peak_gib": peak(device), "status": status, "achieved_sparsity": sparsity, "finite": status == "ok"}
+
+    first = compress_under(2, None)
+    if not cuda:
+        return [first]
+    budget = 1.15 * first["peak_gib"]
+    outside_blocks = first["model_gib"] - 2 * first["block_gib"]  # embeddings, head, final norm
+    return [first, compress_under(int((budget - outside_blocks) / first["block_gib"]) + 2, budget)]
 
 
 def rehearsal_rows(device: str, quick: bool) -> list[dict]:
