@@ -3,6 +3,7 @@
     python benchmarks/precision.py                                   # every section (about an hour on 2 cores)
     python benchmarks/precision.py --only floor --model smollm2-135m --context 8192 --windows 8
     python benchmarks/precision.py --report                          # the tables from what is recorded
+    python benchmarks/precision.py --report --output benchmarks/results/precision.csv   # from the committed rows
 
 Sections (each unit is recorded as it finishes in --output (.jsonl) and skipped when run again):
 - floor: KL(float32 dense || bfloat16 dense) per token on WikiText-2 test windows, averaged over disjoint
@@ -15,7 +16,8 @@ Sections (each unit is recorded as it finishes in --output (.jsonl) and skipped 
 - timing: one window in each precision: the forward pass alone, and a compressed variant's whole window (forward +
   the float32 head twice, for NLL and KL), which is what a notebook pays per variant.
 - compress: SparseGPT 50% through the engine with 64 x 512 C4 calibration tokens (the reference protocol's
-  set), the model in each precision: seconds with the engine's split, the two-forward floor in the same
+  set), the model in each precision: seconds with the engine's split, the two-forward floor (reference_protocol.py's:
+  two passes of the calibration set without the head) in the same
   precision, and KL of the result against the float32 dense model on 16 windows of 512 tokens (what compressing
   from bf16 activations costs in quality); each precision with the statistics gathered per linear (as before) and
   once per distinct input (the engine's default now).
@@ -33,6 +35,9 @@ import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_protocol import forward_floor  # noqa: E402  (the reference protocol's two-forward floor)
 
 from helpers.compression.compress import Recipe, compress_model
 from helpers.data import CalibrationSettings, calibration_samples, evaluation_windows
@@ -167,15 +172,6 @@ def answers_unit(table, model_name: str, task: str, examples: int, protocol: dic
           f"seconds per answer {results['fp32'][1]:.2f} vs {results['bf16'][1]:.2f}", flush=True)
 
 
-def two_forward_floor(model, ids: torch.Tensor, batch_size: int = 8) -> float:
-    start = time.perf_counter()
-    with torch.no_grad():
-        for _ in range(2):
-            for at in range(0, ids.shape[0], batch_size):
-                model(input_ids=ids[at:at + batch_size], use_cache=False)
-    return time.perf_counter() - start
-
-
 def compress_unit(table, model_name: str, eval_len: int, windows: int, protocol: dict,
                   calibration: tuple[int, int] = (64, 512)) -> None:
     model, tokenizer = load_model(model_name)
@@ -188,7 +184,7 @@ def compress_unit(table, model_name: str, eval_len: int, windows: int, protocol:
             print(f"{key}: already recorded, skipped")
             continue
         candidate = copy.deepcopy(model) if label == "fp32" else bf16_copy(model)
-        floor = two_forward_floor(candidate, ids)
+        floor = forward_floor(candidate, ids)
         report = compress_model(candidate, Recipe(method="sparsegpt", sparsity=0.5), calibration_ids=ids,
                                 progress=False, share_statistics=share)
         result = evaluate(candidate, data, reference, progress=False)
@@ -208,11 +204,20 @@ def compress_unit(table, model_name: str, eval_len: int, windows: int, protocol:
         del candidate
 
 
-def report(table) -> None:
+def read_rows(path: str | Path):
+    """The recorded rows as one frame: the JSON-lines table (as written) or its CSV export (as committed)."""
+    import pandas as pd
+
+    path = Path(path)
+    if path.suffix == ".csv":
+        return pd.read_csv(path) if path.exists() else pd.DataFrame()
+    return ResultsTable(path).frame()
+
+
+def report(frame) -> None:
     """Print the recorded units as tables (means with 95% t-intervals over windows)."""
     import pandas as pd
 
-    frame = table.frame()
     if frame.empty:
         print("nothing recorded yet")
         return
@@ -265,12 +270,14 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default="results/benchmarks/precision.jsonl")
     parser.add_argument("--quick", action="store_true", help="tiny-llama, small sizes: a check of the script")
-    parser.add_argument("--report", action="store_true", help="print the tables of what is recorded, run nothing")
+    parser.add_argument("--report", action="store_true",
+                        help="print the tables of what is recorded (--output: the .jsonl or its .csv export), run nothing")
+    parser.add_argument("--export", default=None, help="also write every recorded row to this CSV (what is committed)")
     args = parser.parse_args(argv)
-    table = ResultsTable(args.output)
     if args.report:
-        report(table)
+        report(read_rows(args.output))
         return 0
+    table = ResultsTable(args.output)
     torch.set_num_threads(args.threads)
     flags = cpu_bf16_flags()
     protocol = {"threads": args.threads, "cpu_bf16_flags": sorted(flags), "torch": torch.__version__,
@@ -287,7 +294,10 @@ def main(argv=None) -> int:
             answers_unit(table, model_name, size, args.windows or count, protocol)
         else:
             compress_unit(table, model_name, size, count, protocol, calibration=(4, 32) if args.quick else (64, 512))
-    report(table)
+    frame = table.frame()
+    report(frame)
+    if args.export:
+        frame.to_csv(args.export, index=False)
     return 0
 
 

@@ -62,7 +62,8 @@ def test_gpu_check_script_runs_on_the_cpu(tmp_path):
 
 def test_precision_script_records_every_unit_and_resumes(tmp_path):
     output = tmp_path / "precision.jsonl"
-    printed = run("precision.py", "--quick", "--threads", "1", "--output", str(output), tmp_path=tmp_path)
+    printed = run("precision.py", "--quick", "--threads", "1", "--output", str(output), "--export",
+                  str(tmp_path / "precision.csv"), tmp_path=tmp_path)
     rows = [json.loads(line) for line in output.read_text().splitlines() if line.strip()]
     keys = {row["key"] for row in rows if row.get("key")}
     assert {key.split("/")[0] for key in keys} == {"compress", "floor", "timing", "answers"}
@@ -73,3 +74,5 @@ def test_precision_script_records_every_unit_and_resumes(tmp_path):
     assert "identical answers [95% Wilson]" in printed and "CPU bf16 flags" in printed
     again = run("precision.py", "--quick", "--threads", "1", "--output", str(output), tmp_path=tmp_path)
     assert again.count("already recorded, skipped") == len(keys)
+    from_csv = run("precision.py", "--report", "--output", str(tmp_path / "precision.csv"), tmp_path=tmp_path)
+    assert "identical answers [95% Wilson]" in from_csv and "min-max" in from_csv
