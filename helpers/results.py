@@ -89,16 +89,19 @@ class ResultsTable:
                   "key": key, **plain(extra), "versions": environment(),
                   "numbers_version": NUMBERS_VERSION, "commit": git_commit(),
                   "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        line = json.dumps(record) + "\n"
+        self._write([record])
+        return record
+
+    def _write(self, records: list[dict]) -> None:
+        text = "".join(json.dumps(record) + "\n" for record in records)
         with open(self.path, "a+b") as handle:
             handle.seek(0, 2)
-            if handle.tell():  # a line cut mid-write (a kill, a full disk) must not swallow this record
+            if handle.tell():  # a line cut mid-write (a kill, a full disk) must not swallow these records
                 handle.seek(-1, 2)
                 if handle.read(1) != b"\n":
-                    line = "\n" + line
-            handle.write(line.encode("utf-8"))
+                    text = "\n" + text
+            handle.write(text.encode("utf-8"))
             handle.flush()
-        return record
 
     def records(self) -> list[dict]:
         """Every complete record; a line that does not parse (cut mid-write) is skipped with a warning."""
@@ -115,6 +118,39 @@ class ResultsTable:
                     warnings.warn(f"{self.path}, line {number}: not a complete JSON record ({err.msg}); skipped "
                                   "(a run killed mid-write leaves one; what it held is measured again).")
         return out
+
+    def freeze(self, path: str | Path, *, model: str | None = None, protocol: dict | None = None) -> int:
+        """Write the runner's rows of one run (this model and protocol; every row without them given) to a
+        gzip-compressed JSON-lines file `path`, the form committed beside a run's verdicts so its notebook can
+        be re-executed elsewhere without measuring anything (`seed`). Returns the number of rows written."""
+        import gzip
+
+        wanted = None if protocol is None else plain(protocol)
+        rows = [r for r in self.records() if r.get("attempt") and (model is None or r.get("model") == model)
+                and (wanted is None or r.get("protocol") == wanted)]
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(path, "wt", encoding="utf-8", compresslevel=9) as handle:
+            for row in rows:
+                handle.write(json.dumps(row, sort_keys=True) + "\n")
+        return len(rows)
+
+    def seed(self, path: str | Path) -> int:
+        """Append the rows of a frozen file (`freeze`) that this table does not hold yet (same key and attempt);
+        returns how many were added. Rows keep their recorded versions, commits and times."""
+        import gzip
+
+        held = {(r.get("key"), r.get("attempt")) for r in self.records()}
+        added = []
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip():
+                    row = json.loads(line)
+                    if (row.get("key"), row.get("attempt")) not in held:
+                        added.append(row)
+        if added:
+            self._write(added)
+        return len(added)
 
     def done(self, key: str) -> bool:
         return any(r.get("key") == key for r in self.records())

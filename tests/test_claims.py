@@ -241,12 +241,27 @@ def growth_frame(*specs) -> pd.DataFrame:
     (1.6, {"ppl_ratio": 5.0}, U),               # collapsed: never "not reproduced"
 ])
 def test_lc2_pruning_flatness(factor, kwargs, expected):
-    frame = growth_frame({"label": "wanda 50%", "factor": factor, "family": "pruning", **kwargs},
-                         {"label": "rtn 3-bit", "factor": 2.0, "family": "quantization"})
+    frame = growth_frame({"label": "wanda 50%", "factor": factor, "family": "pruning", "method": "wanda",
+                          "sparsity": 0.5, **kwargs},
+                         {"label": "rtn 3-bit", "factor": 2.0, "family": "quantization", "method": "rtn", "sparsity": 0.0})
     result = decide("LC2", frame)
     assert result.verdict == expected, result.why
     assert result.n == kwargs.get("windows", 8) and result.unit == "windows" and result.model == "made-up"
     assert "geometric mean" in result.interval and result.points[0].name == "wanda 50%"
+
+
+def test_lc2_damage_matched_regime_picks_the_sparsity_nearest_the_published_ratio():
+    # Wanda 50% on LLaMA-2-7B costs 1.25x: here 30% (1.3x) is matched, 50% (2.3x) is the nominal point
+    pruned = dict(family="pruning", method="wanda")
+    frame = growth_frame({"label": "wanda 30%", "factor": 1.0, "sparsity": 0.3, "ppl_ratio": 1.3, **pruned},
+                         {"label": "wanda 50%", "factor": 1.6, "sparsity": 0.5, "ppl_ratio": 2.3, **pruned},
+                         {"label": "random 1%", "factor": 1.6, "sparsity": 0.01, "ppl_ratio": 1.3,
+                          "family": "pruning", "method": "random"})
+    matched = decide("LC2", frame, "damage-matched")
+    assert matched.verdict == R and [p.name for p in matched.points] == ["wanda 30%"]   # random is LC4's
+    assert decide("LC2", frame, "nominal").verdict == NR                               # 50% grows by 1.6x
+    far = decide("LC2", frame[frame.label != "wanda 30%"], "damage-matched")
+    assert far.verdict == U and "outside" in far.why
 
 
 def test_lc1_is_an_existence_claim_under_holm():
@@ -274,6 +289,13 @@ def test_lc4_linear_growth_from_disjoint_bins():
     linear = (6144 / 768)  # ratio of the bins' mid positions: KL ~ position gives this late/early ratio
     assert decide("LC4", growth_frame({"label": "random 10%", "factor": linear, **bins})).verdict == R
     assert decide("LC4", growth_frame({"label": "random 10%", "factor": 1.0, **bins})).verdict == NR
+    # damage-matched: the fractions below 10% at which the model still works stand in for the paper's 10%
+    frame = growth_frame({"label": "random 10%", "factor": linear, "ppl_ratio": 90.0, **bins},
+                         {"label": "random 1%", "factor": 1.0, "ppl_ratio": 1.3, **bins, "sparsity": 0.01},
+                         {"label": "random 2%", "factor": 1.0, "ppl_ratio": 3.5, **bins, "sparsity": 0.02})
+    assert decide("LC4", frame, "nominal").verdict == U                      # collapsed at the paper's 10%
+    stand_in = decide("LC4", frame, "damage-matched")
+    assert stand_in.verdict == NR and [p.name for p in stand_in.points] == ["random 1%"]
 
 
 def test_lc6_needs_a_baseline_that_grows():
@@ -401,10 +423,11 @@ def test_board_without_results_lists_every_claim_untestable(tmp_path, capsys):
 
 
 def test_board_decides_the_claims_whose_frames_are_present(tmp_path):
-    frame = growth_frame({"label": "wanda 50%", "factor": 1.0, "family": "pruning"},
-                         {"label": "rtn 3-bit", "factor": 2.0, "family": "quantization"})
+    frame = growth_frame({"label": "wanda 50%", "factor": 1.0, "family": "pruning", "method": "wanda", "sparsity": 0.5},
+                         {"label": "rtn 3-bit", "factor": 2.0, "family": "quantization", "method": "rtn", "sparsity": 0})
     frame.to_csv(tmp_path / "context_growth.csv", index=False)
-    table = board_module.board(board_module.read_frames(tmp_path)).set_index("id")
+    table = board_module.board(board_module.read_frames(tmp_path))
+    table = table[table.regime == "nominal"].set_index("id")
     assert table.loc["LC2", "verdict"] == R and table.loc["LC1", "verdict"] == R
     assert table.loc["LC3", "verdict"] == U and "missing ['bits']" in table.loc["LC3", "why"]
     assert table.loc["KI1", "verdict"] == U
@@ -477,3 +500,36 @@ def test_noise_gate_and_precision_choice():
     assert gated is not None and gated.verdict == "untestable here" and "noise floor" in gated.why
     assert rules.noise_gate(-0.002, 0.001).verdict == "untestable here"  # the size counts, not the sign
     assert rules.precision_allows(0.1, 0.004) and not rules.precision_allows(0.1, 0.006)
+
+
+def test_recorded_verdicts_pass_the_check_and_a_changed_one_fails(tmp_path, capsys):
+    frame = growth_frame({"label": "wanda 50%", "factor": 1.0, "family": "pruning", "method": "wanda", "sparsity": 0.5},
+                         {"label": "rtn 4-bit", "factor": 1.8, "family": "quantization", "method": "rtn", "sparsity": 0})
+    figures, committed = tmp_path / "figures", tmp_path / "committed"
+    shown = board_module.record_verdicts({"context_growth": frame}, ("LC1", "LC2"), "01_verdicts", figures, committed,
+                                         title="01 made-up")
+    assert list(shown.id) == ["LC1", "LC2", "LC2"] and (committed / "01_verdicts" / "context_growth.csv.gz").is_file()
+    assert "**reproduced**" in (figures / "01_verdicts.md").read_text()
+    assert board_module.check(figures, committed) == []
+    assert board_module.main([str(committed), "--figures", str(figures), "--check"]) == 0
+    edited = pd.read_csv(figures / "01_verdicts.csv")
+    edited.loc[0, "verdict"] = "not reproduced"                       # a typed verdict that the frames do not give
+    edited.to_csv(figures / "01_verdicts.csv", index=False)
+    problems = board_module.check(figures, committed)
+    assert len(problems) == 1 and "LC1" in problems[0] and "'not reproduced' -> 'reproduced'" in problems[0]
+    assert board_module.main([str(committed), "--figures", str(figures), "--check"]) == 1
+    (figures / "04_verdicts.csv").write_text("id\nHS1\n")              # a verdict file without its frames
+    assert any("no committed frames" in p for p in board_module.check(figures, committed))
+    (figures / "03_verdicts.md").write_text("| claim | verdict |\n")   # a table typed, not computed
+    assert any("did not compute" in p for p in board_module.check(figures, committed))
+    capsys.readouterr()
+    assert board_module.main([str(committed)]) == 0                     # the whole board: decided + untested claims
+    printed = capsys.readouterr().out
+    assert "| LC1 |" in printed and "01_verdicts" in printed and "no committed run decides it" in printed
+
+
+def test_record_verdicts_refuses_a_name_the_summary_would_not_find(tmp_path):
+    with pytest.raises(ValueError, match="_verdicts"):
+        board_module.record_verdicts({}, ("LC1",), "01_board", tmp_path, tmp_path, title="t")
+    with pytest.raises(ValueError, match="not registered"):
+        board_module.board({}, claims=("LC99",))

@@ -165,3 +165,19 @@ def test_series_styles_are_distinct_for_many_series():
     assert len({s["color"] for s in list(styles.values())[:20]}) == 20  # 20 colours before any repeats
     assert {styles[l]["linestyle"] for l in labels if families[l] == "pruning"} == {"--"}
     assert styles["variant 0"]["linestyle"] == "-"
+
+
+def test_a_frozen_run_seeds_another_table_once(tmp_path):
+    from helpers.results import ResultsTable
+
+    table = ResultsTable(tmp_path / "a.jsonl")
+    for model, value in (("m", 1.0), ("m", 2.0), ("other", 3.0)):
+        table.append(model=model, method="x", metric="kl", value=value, protocol={"p": 1}, key=f"{model}{value}",
+                     attempt=f"a{value}")
+    table.append(model="m", method="x", metric="note", value=0.0)            # not a runner row: not frozen
+    assert table.freeze(tmp_path / "run" / "rows.jsonl.gz", model="m", protocol={"p": 1}) == 2
+    other = ResultsTable(tmp_path / "b.jsonl")
+    assert other.seed(tmp_path / "run" / "rows.jsonl.gz") == 2
+    assert other.seed(tmp_path / "run" / "rows.jsonl.gz") == 0                 # nothing twice
+    assert [r["value"] for r in other.records()] == [1.0, 2.0]
+    assert other.records()[0]["commit"] == table.records()[0]["commit"]       # provenance kept as recorded

@@ -171,3 +171,109 @@ def test_t_interval_matches_the_textbook_formula_and_covers_the_mean():
     assert all(math.isnan(v) for v in t_interval([1.0]))
     wider = t_interval(values, confidence=0.99)
     assert wider[0] < low and wider[1] > high
+
+
+# --------------------------------------------------------------------------- from recorded rows to the board's frames
+def _records_frame(kls: dict, perplexities: dict, contexts, settings: dict | None = None):
+    """Runner-like rows (as latest_frame flattens them) for made-up per-position KL [windows, positions]."""
+    import pandas as pd
+
+    rows = []
+    edges = log_bin_edges(max(contexts))
+    for label, kl in kls.items():
+        nll = torch.full((kl.shape[0], kl.shape[1] - 1), math.log(perplexities[label]))
+        for row in variant_records(kl, nll, edges=edges, contexts=contexts):
+            rows.append({"label": label, "method": label.split(" ")[0], "family": (settings or {}).get(label, "pruning"),
+                         "model": "made-up", **{f"settings.{k}": v for k, v in
+                                                 ({"recipe": {"sparsity": 0.5}} if label != "dense" else {}).items()},
+                         "settings.recipe.sparsity": 0.5 if label != "dense" else None, **row})
+    return pd.DataFrame(rows)
+
+
+def test_disjoint_bin_means_equal_the_mean_over_the_positions():
+    from helpers.experiments.longcontext import bin_kl, disjoint_bins
+
+    kl = torch.rand(4, 256, generator=torch.Generator().manual_seed(1)).double()
+    contexts = context_lengths(256, 16)
+    frame = _records_frame({"dense": torch.zeros(4, 256), "x 50%": kl}, {"dense": 10.0, "x 50%": 12.0}, contexts)
+    kl_context = frame[frame.metric == "kl_context"].astype({"context": int, "window": int})
+    (a, b), (c, d) = disjoint_bins(contexts)
+    assert (a, b, c, d) == (32, 64, 128, 256) and b <= c      # disjoint, an octave apart
+    late = bin_kl(kl_context, c, d).xs("x 50%", level="label").to_numpy()
+    early = bin_kl(kl_context, a, b).xs("x 50%", level="label").to_numpy()
+    assert np.allclose(late, kl[:, c:d].mean(-1).numpy()) and np.allclose(early, kl[:, a:b].mean(-1).numpy())
+    assert np.allclose(bin_kl(kl_context, 0, 64).xs("x 50%", level="label"), kl[:, :64].mean(-1).numpy())
+    with pytest.raises(ValueError, match="at least 4"):
+        disjoint_bins([64, 128, 256])
+
+
+def test_growth_frame_carries_the_ratio_to_dense_and_the_working_rule():
+    from helpers.experiments.longcontext import growth_frame, growth_summary, variant_table
+
+    gen = torch.Generator().manual_seed(2)
+    contexts = context_lengths(128, 8)
+    kls = {"dense": torch.zeros(6, 128), "a 50%": torch.rand(6, 128, generator=gen), "b 50%": torch.rand(6, 128, generator=gen)}
+    frame = _records_frame(kls, {"dense": 10.0, "a 50%": 12.0, "b 50%": 45.0}, contexts)
+    table = variant_table(frame)
+    assert table.ppl_ratio.round(6).to_dict() == {"dense": 1.0, "a 50%": 1.2, "b 50%": 4.5}
+    assert table.working.to_dict() == {"dense": True, "a 50%": True, "b 50%": False}   # 3x dense: collapsed
+    growth = growth_frame(frame)
+    assert set(growth.label) == {"a 50%", "b 50%"} and len(growth) == 12
+    assert {"early_bin_kl", "late_bin_kl", "ppl_ratio", "family", "method", "sparsity", "late_bin_stop"} <= set(growth)
+    summary = growth_summary(growth)
+    assert summary.windows.tolist() == [6, 6] and (summary.low <= summary["late/early"]).all()
+    with pytest.raises(ValueError, match="dense"):
+        variant_table(frame[frame.label != "dense"])
+
+
+def test_windows_needed_is_the_first_n_that_detects_the_effect():
+    from helpers.claims.rules import detectable_effect
+    from helpers.experiments.longcontext import windows_needed
+
+    n = windows_needed(0.12, math.log(1.1))
+    assert detectable_effect(0.12, n) <= math.log(1.1) < detectable_effect(0.12, n - 1)
+    assert windows_needed(0.24, math.log(1.1)) > n                  # twice the spread needs more windows
+    assert windows_needed(float("nan"), 0.1) is None and windows_needed(5.0, 0.01, most=50) is None
+
+
+def test_matched_pairs_pair_each_quantized_variant_with_the_nearest_working_pruned_one():
+    import pandas as pd
+
+    from helpers.experiments.longcontext import matched_pairs
+
+    table = pd.DataFrame({"family": ["dense", "pruning", "pruning", "quantization", "quantization", "activations"],
+                          "ppl_ratio": [1.0, 1.3, 2.2, 1.4, 6.0, 2.0]},
+                         index=["dense", "wanda 30%", "wanda 50%", "rtn 4-bit", "rtn 2-bit", "KV3"])
+    table["working"] = table.ppl_ratio <= 3
+    assert matched_pairs(table) == [("rtn 4-bit", "wanda 30%"), ("KV3", "wanda 50%")]   # rtn 2-bit collapsed
+    assert matched_pairs(table, tolerance=1.05) == []
+
+
+def test_dense_row_comes_from_the_reference_and_a_lazy_reference_is_never_run_when_all_is_recorded(tmp_path):
+    from helpers.evaluation.metrics import DenseReference
+    from helpers.experiments.core import Runner, Variant, latest_frame, parse_variant
+    from helpers.experiments.longcontext import context_kl_measurement
+    from helpers.models import load_model
+    from helpers.results import ResultsTable
+
+    model, _ = load_model("tiny-llama")
+    windows = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+    variants = [Variant.dense(), parse_variant({"method": "magnitude", "sparsity": 0.5})]
+    table = ResultsTable(tmp_path / "r.jsonl")
+
+    def run():
+        reference = DenseReference(model, windows, progress=False, lazy=True)
+        measure = context_kl_measurement(reference, edges=log_bin_edges(32), contexts=[8, 16, 32])
+        Runner(model, table, "tiny-llama", {"d": 1}, log=lambda *_: None, progress=False).run(variants, [measure])
+        return reference
+
+    first = run()
+    eager = DenseReference(model, windows, progress=False)
+    frame = latest_frame(table)
+    dense = frame[(frame.label == "dense") & (frame.metric == "perplexity")].value.item()
+    assert dense == pytest.approx(eager.perplexity, rel=1e-6) and "hidden" in first.__dict__
+    assert (frame[(frame.label == "dense") & frame.metric.isin(["kl_bin", "kl_context"])].value == 0).all()
+    pruned = frame[(frame.label == "magnitude 50%") & (frame.metric == "mean_kl")].value.item()
+    assert pruned > 0                                               # the reference ran on the dense model
+    again = run()
+    assert "hidden" not in again.__dict__                           # everything recorded: no dense pass

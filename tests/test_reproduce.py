@@ -206,3 +206,24 @@ def test_in_process_run_injects_overrides_and_names_the_failing_cell(tmp_path, m
     assert [o.status for o in again] == ["ran", "ran", "ran"]  # no override now; nothing skipped (no executed copy)
     with pytest.raises(ValueError, match="--inplace"):
         rp.reproduce("cpu", notebooks_dir=source, output_dir=out, inplace=True, kernel=False)
+
+
+def test_from_committed_seeds_the_committed_run_and_skips_notebooks_without_one(tmp_path, capsys):
+    from helpers.results import ResultsTable
+
+    repo = tmp_path / "repo"
+    source = repo / "notebooks"
+    counts = 'from helpers.results import ResultsTable\nprint("rows", len(ResultsTable(results_path).records()))'
+    write_notebook(source / "01_kept.ipynb", counts,
+                   parameters='profile = "cpu"\nrun_name = ""\nresults_path = "../results/kept.jsonl"')
+    write_notebook(source / "02_other.ipynb", "raise SystemExit('would measure for hours')",
+                   parameters='profile = "cpu"\nresults_path = "../results/other.jsonl"')
+    frozen = ResultsTable(tmp_path / "made.jsonl")
+    frozen.append(model="m", method="x", metric="kl", value=1.0, key="k", attempt="a")
+    frozen.freeze(rp.committed_rows(source / "01_kept.ipynb", {}, repo))
+    lines = []
+    outcomes = rp.reproduce("tiny", notebooks_dir=source, output_dir=tmp_path / "out", repo_root=repo, kernel=False,
+                            from_committed=True, log=lines.append)
+    assert [(o.notebook, o.status) for o in outcomes] == [("01_kept", "ran"), ("02_other", "skipped")]
+    assert "rows 1" in capsys.readouterr().out and "1 rows seeded from 01_verdicts" in "\n".join(lines)
+    assert rp.committed_rows(source / "01_kept.ipynb", {"run_name": "gemma3"}, repo).parent.name == "01_verdicts_gemma3"

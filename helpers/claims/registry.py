@@ -39,6 +39,7 @@ TASK_EFFECT = 0.02               # a task-score change that matters: 2 points of
 SCHEDULE_EFFECT = math.log(1.05) # "beats": 5% lower perplexity, as a mean per-window NLL difference in nats
 PERPLEXITY_MATCH = 1.1           # two points "at matched perplexity" (KI7): ratios within 1.1x of each other
 STORAGE_MATCH = 1.1              # "equal storage" (KI4): bits per weight within 1.1x of each other
+WORKING_STAND_IN = "a working model (the paper's ratio is unpublished)"  # LC4's damage-matched regime
 KI3_NO_DROP = 0.03               # KI3: a relative drop within +-3% is "no drop"
 
 # Published WikiText-2 perplexity ratios to the same paper's dense model (shared/docs/reference-protocols.md),
@@ -277,13 +278,41 @@ def decide_lc1(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
     return _decide(claim, points, frame, regime)
 
 
+def _damage_matched(claim: Claim, rows, setting: str, *, by: str = "method") -> tuple[list[str], list[Point]]:
+    """The damage-matched labels among `rows` (one per `by` value): per method, the label whose median
+    ppl_ratio lies nearest the published ratio of `claim.damage_reference` at "<method> <setting>" (within
+    rules.DAMAGE_TOLERANCE); the methods without a match or a published ratio as skipped points."""
+    keep, skipped = [], []
+    for method, group in rows.groupby(by, sort=False):
+        published = PUBLISHED_RATIOS.get((claim.damage_reference, f"{method} {setting}"))
+        if published is None:
+            skipped.append(_skipped(str(method), f"no published {setting} ratio for {method} on "
+                                    f"{claim.damage_reference}"))
+            continue
+        match = rules.damage_match(group.groupby("label")["ppl_ratio"].median().to_dict(), published)
+        if match.within_tolerance:
+            keep.append(match.setting)
+        else:
+            skipped.append(_skipped(match.setting, f"nearest setting {match.measured_ratio:.3g}x vs published "
+                                    f"{published:.3g}x ({method} {setting}): outside {rules.DAMAGE_TOLERANCE}x"))
+    return keep, skipped
+
+
 def decide_lc2(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
-    """LC2, pruning stays flat. Frame "context_growth" (as LC1) plus `family` ("pruning" rows are tested):
-    per pruned variant, the late/early KL ratio's interval within FLAT_MARGIN [0.9, 1.1]; every variant."""
-    _require(frame, (*GROWTH_COLUMNS, "family"), claim)
-    pruned = frame[frame["family"] == "pruning"]
+    """LC2, pruning stays flat. Frame "context_growth" (as LC1) plus family, method, sparsity: pruned
+    variants other than random (LC4's). Nominal: unstructured 50%, the paper's setting; damage-matched: per
+    method the sparsity whose perplexity ratio is nearest the published 50% ratio on `claim.damage_reference`.
+    Per variant, the late/early KL ratio's interval within FLAT_MARGIN [0.9, 1.1]; every variant."""
+    _require(frame, (*GROWTH_COLUMNS, "family", "method", "sparsity"), claim)
+    pruned = frame[(frame["family"] == "pruning") & (frame["method"] != "random")]
+    skipped = []
+    if regime == "nominal":
+        pruned = pruned[np.abs(pruned["sparsity"].astype(float) - 0.5) < 1e-9]
+    else:
+        keep, skipped = _damage_matched(claim, pruned, "50%")
+        pruned = pruned[pruned["label"].isin(keep)]
     points = [_growth_point(claim, str(label), rows) for label, rows in pruned.groupby("label", sort=False)]
-    return _decide(claim, points, frame, regime, "family == 'pruning'")
+    return _decide(claim, points + skipped, frame, regime, f"{regime} pruning (not random) at 50%")
 
 
 def decide_lc3(frame, claim: Claim, regime: str = "damage-matched") -> ClaimVerdict:
@@ -328,11 +357,19 @@ def decide_lc3(frame, claim: Claim, regime: str = "damage-matched") -> ClaimVerd
 def decide_lc4(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
     """LC4, random 10% pruning grows about linearly. Frame "context_growth" (as LC1) plus method,
     sparsity and the bins' positions early_bin_start, early_bin_stop, late_bin_start, late_bin_stop
-    ([start, stop), 0-based). Rows method == "random", sparsity 0.10: per window the exponent k of
-    KL ~ position^k from the two bins; its mean within LINEAR_MARGIN [0.67, 1.5]."""
+    ([start, stop), 0-based). Nominal: method == "random" at sparsity 0.10; damage-matched: the paper's
+    model still works at 10% (its ratio is not published), so every random fraction below 10% at which this
+    model still works (rules.is_working) stands in. Per variant and window the exponent k of
+    KL ~ position^k from the two bins; its mean within LINEAR_MARGIN [0.67, 1.5]; every variant."""
     edges = ("early_bin_start", "early_bin_stop", "late_bin_start", "late_bin_stop")
     _require(frame, (*GROWTH_COLUMNS, "method", "sparsity", *edges), claim)
-    chosen = frame[(frame["method"] == "random") & (np.abs(frame["sparsity"].astype(float) - 0.10) < 0.005)]
+    random = frame[frame["method"] == "random"]
+    sparsity = random["sparsity"].astype(float)
+    if regime == "nominal":
+        chosen = random[np.abs(sparsity - 0.10) < 0.005]
+    else:
+        working = random.groupby("label")["ppl_ratio"].median().map(rules.is_working)
+        chosen = random[(sparsity < 0.095) & random["label"].map(working)]
     points = []
     for label, rows in chosen.groupby("label", sort=False):
         bins = rows[list(edges)].drop_duplicates()
@@ -344,7 +381,8 @@ def decide_lc4(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
                                           (late_start, late_stop))
         points.append(_point(claim, str(label), rules.mean_interval(exponents, null=1.0, side="two-sided",
                                                                       unit=claim.unit), rows["ppl_ratio"].to_numpy()))
-    return _decide(claim, points, frame, regime, "method == 'random', sparsity 0.10")
+    what = "method == 'random', sparsity 0.10" if regime == "nominal" else "random pruning below 10% that works"
+    return _decide(claim, points, frame, regime, what)
 
 
 def decide_lc5(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
@@ -733,13 +771,13 @@ def _claims() -> dict[str, Claim]:
               "superiority", None, claimed_effect=GROWTH_EFFECT, aggregation="holm-any",
               variants_needed=(dense, "several compressed variants", kl), **growth),
         Claim("LC2", lc, "pruning (magnitude, Wanda) stays flat with length", "50% magnitude / Wanda, 4K-32K",
-              "equivalence", FLAT_MARGIN, claimed_effect=None, variants_needed=(dense, "pruned variants", kl),
-              **growth),
+              "equivalence", FLAT_MARGIN, claimed_effect=None, damage_reference="LLaMA-2-7B (4096)",
+              variants_needed=(dense, "pruned at 50% and at the damage-matched sparsity", kl), **growth),
         Claim("LC3", lc, "<=4-bit weight quantization grows with length, more than pruning at matched damage",
               "<=4-bit weight quantization vs pruning, 4K-32K", "superiority", None, claimed_effect=GROWTH_EFFECT,
               variants_needed=(dense, "<=4-bit quantized", "pruned at a matching perplexity ratio", kl), **growth),
         Claim("LC4", lc, "randomly pruning 10% of weights grows almost linearly", "random 10%, 4K-32K",
-              "equivalence", LINEAR_MARGIN, claimed_effect=None,
+              "equivalence", LINEAR_MARGIN, claimed_effect=None, damage_reference=WORKING_STAND_IN,
               variants_needed=(dense, "random 10% pruning", kl + " with bin positions"), **growth),
         Claim("LC5", lc, "error accumulates through attention: variance linear in position",
               "theory: noise summed over earlier tokens", "equivalence", LINEAR_MARGIN, unit="units (windows or "

@@ -7,6 +7,7 @@ compressed variant, so the dense forward pass is never repeated.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -132,13 +133,31 @@ class WindowResult:
 
 
 class DenseReference:
-    """The dense model's final hidden states on a set of windows, stored once (on the CPU)."""
+    """The dense model's final hidden states on a set of windows, stored once (on the CPU).
 
-    def __init__(self, model: nn.Module, windows: torch.Tensor, *, progress: bool = True):
+    lazy=True: the pass runs when they are first read (`hidden`, `nll`, `perplexity`, or `prepare()`), so a
+    notebook re-executed over recorded results, where every variant is skipped, never pays for it; the model
+    must still be dense then (a measurement built on it calls `prepare()` before the Runner compresses)."""
+
+    def __init__(self, model: nn.Module, windows: torch.Tensor, *, progress: bool = True, lazy: bool = False):
         self.windows = windows
-        self.hidden = [final_hidden(model, w[None])[0].cpu()
-                       for w in tqdm(windows, desc="dense reference", disable=not progress)]
-        self.nll = torch.stack([token_nll(model, h, w) for h, w in zip(self.hidden, windows)])
+        self._model, self._progress = model, progress
+        if not lazy:
+            self.prepare()
+
+    def prepare(self) -> None:
+        """Run the dense pass now if it has not run (the model must be dense)."""
+        _ = self.nll
+        self._model = None  # the reference no longer needs the model
+
+    @functools.cached_property
+    def hidden(self) -> list[torch.Tensor]:
+        return [final_hidden(self._model, w[None])[0].cpu()
+                for w in tqdm(self.windows, desc="dense reference", disable=not self._progress)]
+
+    @functools.cached_property
+    def nll(self) -> torch.Tensor:
+        return torch.stack([token_nll(self._model, h, w) for h, w in zip(self.hidden, self.windows)])
 
     @property
     def perplexity(self) -> float:

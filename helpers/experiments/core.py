@@ -332,12 +332,15 @@ class Measurement:
     """One unit of work per variant: `measure(point)` -> tidy rows ({"metric", "value", ...}).
 
     name: what is measured ("context_kl", "wikitext2", a task name), recorded in the `task` column;
-    describe: what identifies it (e.g. the task's settings), part of the skip key; dataset: recorded.
+    describe: what identifies it (e.g. the task's settings), part of the skip key; dataset: recorded;
+    prepare: called on the dense model once before any variant is compressed, when some variant still needs
+    this measurement (a lazy dense reference runs its pass there).
     """
     name: str
     measure: Callable[[Point], list[dict]]
     describe: Mapping = field(default_factory=dict)
     dataset: str | None = None
+    prepare: Callable[[], None] | None = None
 
 
 @dataclass
@@ -425,6 +428,10 @@ class Runner:
                 checked.add(calibration)
         reports = {}
         try:
+            for measurement in measurements:  # on the dense model, before anything is compressed
+                if measurement.prepare is not None and any(measurement in todo for todo in pending.values()):
+                    self.snapshot.restore(self.model)
+                    measurement.prepare()
             for variant in tqdm(variants, desc="variants", disable=not self.progress):
                 todo = pending[variant.label]
                 if not todo:

@@ -285,12 +285,18 @@ def variant_records(kl: torch.Tensor, nll: torch.Tensor, *, edges: Sequence[int]
 
 def context_kl_measurement(reference: DenseReference, *, edges: Sequence[int], contexts: Sequence[int],
                            dataset: str | None = None) -> Measurement:
-    """KL(dense || variant) per position of the reference's windows, binned by position and by context."""
+    """KL(dense || variant) per position of the reference's windows, binned by position and by context. The
+    dense variant (`Variant.dense()`) is recorded from the reference itself (its perplexity, KL 0), no second
+    pass; a lazy reference runs its pass before the first variant is compressed."""
     def measure(point: Point) -> list[dict]:
+        if point.variant.is_dense:
+            kl = torch.zeros(reference.windows.shape, dtype=torch.float64)  # KL(p || p) = 0 at every position
+            return variant_records(kl, reference.nll, edges=edges, contexts=contexts)
         result = evaluate(point.model, reference.windows, reference, progress=False)
         return variant_records(result.kl, result.nll, edges=edges, contexts=contexts)
 
-    return Measurement("context_kl", measure, {"edges": list(edges), "contexts": list(contexts)}, dataset)
+    return Measurement("context_kl", measure, {"edges": list(edges), "contexts": list(contexts)}, dataset,
+                       prepare=reference.prepare)
 
 
 def protection_measurement(layer_maps: Callable[[Variant], bool] = lambda variant: False) -> Measurement:
@@ -313,3 +319,221 @@ def protection_measurement(layer_maps: Callable[[Variant], bool] = lambda varian
         return rows
 
     return Measurement("protected_groups", measure)
+
+
+# --------------------------------------------------------------------------- from recorded rows to tables
+_SETTING_COLUMNS = {  # tidy column -> the recorded settings it is read from (first present wins)
+    "sparsity": ("settings.recipe.sparsity",),
+    "pattern": ("settings.recipe.pattern",),
+    "bits": ("settings.recipe.quant.bits",),
+    "group_size": ("settings.recipe.quant.group_size",),
+    "kv_bits": ("settings.kv_cache.bits",),
+    "blocks": ("settings.blocks", "settings.kv_cache.blocks", "settings.recipe.blocks"),
+    "protected_fraction": ("settings.protect_fraction",),
+    "protection_rule": ("settings.protect_rule",),
+}
+
+
+def variant_table(frame, *, dense_label: str = "dense"):
+    """One row per variant (index: label) from the runner's rows (`core.latest_frame`): method, family, the
+    recorded settings (sparsity, pattern, bits, group_size, kv_bits, blocks, protected_fraction, protection_rule;
+    nan where a variant has none), perplexity, ppl_ratio (to the `dense_label` row's perplexity), working
+    (`claims.rules.is_working`, the project's one rule), bits_per_weight and achieved_sparsity. Rows keep the
+    order in which the variants were recorded."""
+    import pandas as pd
+
+    from ..claims.rules import is_working
+
+    perplexity = frame[frame.metric == "perplexity"].drop_duplicates("label", keep="last").set_index("label")
+    if dense_label not in perplexity.index:
+        raise ValueError(f"no {dense_label!r} perplexity row among the recorded variants "
+                         f"{list(perplexity.index)}; run Variant.dense() with the measurement first (it is "
+                         "recorded from the dense reference, no extra pass).")
+    out = pd.DataFrame(index=perplexity.index)
+    out["method"], out["family"] = perplexity["method"], perplexity.get("family", "")
+    for column, sources in _SETTING_COLUMNS.items():
+        values = pd.Series(float("nan"), index=out.index, dtype=object)
+        for source in reversed(sources):
+            if source in perplexity.columns:
+                values = perplexity[source].where(perplexity[source].notna(), values)
+        out[column] = values
+    out["sparsity"] = pd.to_numeric(out["sparsity"], errors="coerce").fillna(0.0)
+    out["bits"] = pd.to_numeric(out["bits"], errors="coerce")
+    out["perplexity"] = perplexity["value"].astype(float)
+    out["ppl_ratio"] = out.perplexity / out.loc[dense_label, "perplexity"]
+    out["working"] = [is_working(r) for r in out.ppl_ratio]
+    for column in ("bits_per_weight", "achieved_sparsity"):
+        out[column] = perplexity[column] if column in perplexity.columns else float("nan")
+    return out
+
+
+def disjoint_bins(contexts: Sequence[int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The early and late position bins [start, stop) growth is judged on: the last octave of contexts
+    (e.g. [4096, 8192)) against the octave two before it ([1024, 2048)), disjoint and far apart; built from
+    measured contexts, so each bin's mean follows exactly from the cumulative means (`bin_kl`)."""
+    contexts = sorted(set(int(c) for c in contexts))
+    if len(contexts) < 4:
+        raise ValueError(f"contexts {contexts}: need at least 4 to place two disjoint bins an octave apart; "
+                         "lower smallest_context or measure a longer window.")
+    return (contexts[-4], contexts[-3]), (contexts[-2], contexts[-1])
+
+
+def bin_kl(kl_context, start: int, stop: int):
+    """Mean KL over positions [start, stop) per (label, window), from the mean KL over positions < c
+    (`kl_context` rows): (stop * M(stop) - start * M(start)) / (stop - start); start 0 needs no M(0)."""
+    import pandas as pd
+
+    from ..claims.rules import bin_means_from_cumulative
+
+    table = kl_context.pivot_table(index=["label", "window"], columns="context", values="value", sort=False)
+    for needed in (c for c in (start, stop) if c):
+        if needed not in table.columns:
+            raise ValueError(f"context {needed} was not measured (measured: {sorted(table.columns)}); pick bin "
+                             "edges among the measured contexts (disjoint_bins does).")
+    if start == 0:
+        return table[stop].rename("kl")
+    means = bin_means_from_cumulative([start, stop], table[[start, stop]].to_numpy(float))[:, 1]
+    return pd.Series(means, index=table.index, name="kl")
+
+
+def growth_frame(frame, variants=None, *, model: str | None = None):
+    """The claims board's "context_growth" frame: one row per (variant, window) with the mean KL over the
+    early and the late disjoint bin (`disjoint_bins`), their edges, the variant's ppl_ratio and recorded
+    settings (family, method, sparsity, pattern, bits, kv_bits, blocks, ...). Dense is left out."""
+    table = variant_table(frame)
+    kl_context = frame[frame.metric == "kl_context"].astype({"context": int, "window": int})
+    (a, b), (c, d) = disjoint_bins(kl_context.context.unique())
+    early, late = bin_kl(kl_context, a, b), bin_kl(kl_context, c, d)
+    out = early.rename("early_bin_kl").to_frame().join(late.rename("late_bin_kl")).reset_index()
+    out = out[out.label != "dense"]
+    out = out.join(table.drop(columns=["perplexity"]), on="label")
+    out["model"] = model if model is not None else frame["model"].iloc[0]
+    out["early_bin_start"], out["early_bin_stop"], out["late_bin_start"], out["late_bin_stop"] = a, b, c, d
+    if variants is not None:  # the notebook's order
+        order = {v.label: i for i, v in enumerate(variants)}
+        out = out.sort_values(["label", "window"], key=lambda s: s.map(order) if s.name == "label" else s)
+    return out.reset_index(drop=True)
+
+
+def windows_needed(standard_deviation: float, effect: float, *, most: int = 1000) -> int | None:
+    """The fewest windows at which a paired design with this per-window standard deviation (log ratio)
+    detects `effect` (log ratio) at the claims' level and power (`claims.rules.detectable_effect`);
+    None beyond `most`."""
+    from ..claims.rules import detectable_effect
+
+    if not (math.isfinite(standard_deviation) and standard_deviation >= 0 and effect > 0):
+        return None
+    return next((n for n in range(2, most + 1) if detectable_effect(standard_deviation, n) <= effect), None)
+
+
+def growth_summary(growth, *, effect: float = math.log(1.1)):
+    """Per variant from a `growth_frame`: KL in the early and late bin (means over windows), the late/early
+    ratio (geometric mean, 95% t-interval over windows), its per-window standard deviation (log), the smallest
+    ratio this many windows detect (`claims.rules.detectable_effect`, as a factor) and the windows needed to
+    detect `effect` (default: a 10% difference). Index: label, in the frame's order."""
+    import pandas as pd
+
+    from ..claims.rules import detectable_effect
+
+    rows = []
+    for label, group in growth.groupby("label", sort=False):
+        logs = np.log(group.late_bin_kl.to_numpy(float) / group.early_bin_kl.to_numpy(float))
+        logs = logs[np.isfinite(logs)]
+        low, high = t_interval(logs)
+        sd = float(np.std(logs, ddof=1)) if logs.size > 1 else float("nan")
+        rows.append({"label": label, "ppl_ratio": group.ppl_ratio.iloc[0], "working": group.working.iloc[0],
+                     "early_kl": group.early_bin_kl.mean(), "late_kl": group.late_bin_kl.mean(),
+                     "late/early": math.exp(logs.mean()) if logs.size else float("nan"),
+                     "low": math.exp(low), "high": math.exp(high), "windows": int(logs.size),
+                     "log_sd": sd, "detectable": math.exp(detectable_effect(sd, int(logs.size))),
+                     "windows_for_10%": windows_needed(sd, effect)})
+    return pd.DataFrame(rows).set_index("label")
+
+
+def attention_noise_frame(kl_bins, variant_rows, *, first_position: int = 16):
+    """The claims board's "attention_noise" frame (LC5): per working variant and window, the log-log slope of
+    per-position KL against position from `first_position` on (1 = the linear accumulation of the theory),
+    with the variant's ppl_ratio; `variant_rows` is a `variant_table`."""
+    import pandas as pd
+
+    rows = []
+    for (label, window), bins in kl_bins.groupby(["label", "window"], sort=False):
+        bins = bins[bins.position_start + 1 >= first_position]
+        centre = np.sqrt((bins.position_start.to_numpy(float) + 1) * bins.position_stop.to_numpy(float))
+        rows.append({"label": label, "window": window, "log_slope": growth_exponent(centre, bins.value)})
+    per_window = pd.DataFrame(rows, columns=["label", "window", "log_slope"])
+    working = variant_rows[variant_rows.working & (variant_rows.index != "dense")]
+    out = per_window[per_window.label.isin(working.index)][["label", "window", "log_slope"]]
+    out = out.rename(columns={"window": "unit"})
+    out["ppl_ratio"] = out.label.map(working.ppl_ratio)
+    return out.reset_index(drop=True)
+
+
+def damage_matches(table) -> dict[str, str]:
+    """For each working variant of a `variant_table`: the published setting of the same method whose
+    perplexity ratio (claims.registry.PUBLISHED_RATIOS) lies nearest its own, when within
+    claims.rules.DAMAGE_TOLERANCE, as "LLaMA-2-7B (4096) wanda 50% (1.25x)"; variants without one are absent."""
+    from ..claims.registry import PUBLISHED_RATIOS
+    from ..claims.rules import DAMAGE_TOLERANCE, nearest_setting
+
+    out = {}
+    for label, row in table.iterrows():
+        if label == "dense" or not row.working:
+            continue
+        published = {f"{model} {setting}": ratio for (model, setting), ratio in PUBLISHED_RATIOS.items()
+                     if setting.split(" ")[0] == row.method}
+        if published:
+            setting, _, within = nearest_setting(published, float(row.ppl_ratio), DAMAGE_TOLERANCE)
+            if within:
+                out[label] = f"{setting} ({published[setting]:.3g}x)"
+    return out
+
+
+def matched_pairs(table, *, tolerance: float | None = None) -> list[tuple[str, str]]:
+    """(quantized, pruned) pairs at matched damage, for LC3: each working weight-quantized or KV-cache variant
+    with the working pruned variant (random pruning included) nearest in perplexity ratio, when within
+    `tolerance` (default claims.rules.DAMAGE_TOLERANCE)."""
+    from ..claims.rules import DAMAGE_TOLERANCE, nearest_setting
+
+    tolerance = DAMAGE_TOLERANCE if tolerance is None else tolerance
+    working = table[table.working & (table.index != "dense")]
+    pruned = working[working.family == "pruning"].ppl_ratio.to_dict()
+    pairs = []
+    for label, row in working[working.family.isin(["quantization", "activations"])].iterrows():
+        if pruned:
+            other, _, within = nearest_setting(pruned, float(row.ppl_ratio), tolerance)
+            if within:
+                pairs.append((label, other))
+    return pairs
+
+
+def paired_growth(growth, pairs: Iterable[tuple[str, str]]):
+    """Per (a, b) pair of a `growth_frame`'s variants: the per-window ratio of their late/early KL ratios
+    (a / b; > 1: a grows more), geometric mean with its 95% t-interval over the shared windows
+    (`paired_differences`), with both variants' perplexity ratios."""
+    per_window = growth.assign(bin_growth=growth.late_bin_kl / growth.early_bin_kl)
+    out = paired_differences(per_window, list(pairs), "bin_growth", ratio=True)
+    if len(out):
+        ratio = growth.groupby("label").ppl_ratio.first()
+        out["ppl_ratio_a"], out["ppl_ratio_b"] = out.a.map(ratio), out.b.map(ratio)
+    return out
+
+
+def block_comparison(kl_bins, table, window_size: int):
+    """Global-only vs sliding-window-only compression (Gemma-3): for the variants of a `variant_table`
+    whose `blocks` is "full_attention" or "sliding_attention", the log-log slope of per-position KL past the
+    sliding window per window (0 flat, 1 linear), summarized (mean, 95% t-interval over windows), and
+    paired global - sliding for counterparts of the same base label. Returns (per_window, summary, pairs);
+    empty frames when there is nothing to compare."""
+    import pandas as pd
+
+    chosen = [label for label in table.index if table.blocks.get(label) in ("full_attention", "sliding_attention")]
+    if not chosen or not window_size:
+        return pd.DataFrame(), pd.DataFrame(), pd.DataFrame()
+    slopes = attention_noise_frame(kl_bins[kl_bins.label.isin(chosen)], table.assign(working=True),
+                                   first_position=window_size + 1).rename(columns={"unit": "window"})
+    summary = interval_summary(slopes, ["log_slope"], ratios=())
+    base = {label: label.rsplit(" [", 1)[0] for label in chosen}
+    pairs = [(g, s) for g in chosen for s in chosen if table.blocks[g] == "full_attention"
+             and table.blocks[s] == "sliding_attention" and base[g] == base[s]]
+    return slopes, summary, (paired_differences(slopes, pairs, "log_slope") if pairs else pd.DataFrame())

@@ -415,8 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
     shape.add_argument("--confidence", type=float, default=0.95, help="level of the t-interval over windows")
     context.set_defaults(func=command_context_kl)
     verdicts = sub.add_parser("verdicts", help="the claims board: every claim's verdict from tidy results (helpers.claims)")
-    verdicts.add_argument("folder", nargs="?", default="results", help="folder of tidy result files (default results/)")
-    verdicts.set_defaults(func=lambda args: claims_board.main([args.folder]))
+    verdicts.add_argument("folder", nargs="?", default=str(claims_board.COMMITTED),
+                          help="committed runs (default results/committed) or one folder of frames")
+    verdicts.add_argument("--check", action="store_true",
+                          help="exit 1 when a committed verdict file (figures/*_verdicts*.csv) differs from its frames")
+    verdicts.add_argument("--figures", default=str(claims_board.FIGURES), help="where the verdict files are")
+    verdicts.set_defaults(func=lambda args: claims_board.main(
+        [args.folder, "--figures", args.figures] + (["--check"] if args.check else [])))
     return parser
 
 

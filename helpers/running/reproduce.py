@@ -240,6 +240,27 @@ def _results_recorded(notebook: Path, parameters: dict, cwd: Path) -> bool:
     return path.exists() and path.stat().st_size > 0
 
 
+def committed_rows(notebook: Path, parameters: dict, repo_root: Path = REPO_ROOT) -> Path:
+    """Where the run these parameters make keeps its frozen rows: results/committed/<NN>_verdicts[_<run_name>]/
+    rows.jsonl.gz (the notebooks name a run's outputs after `run_name`; the profile's default run has none)."""
+    run_name = parameters.get("run_name", notebook_defaults(notebook).get("run_name", ""))
+    name = f"{notebook.stem[:2]}_verdicts" + (f"_{run_name}" if run_name else "")
+    return Path(repo_root) / "results" / "committed" / name / "rows.jsonl.gz"
+
+
+def seed_results(notebook: Path, parameters: dict, cwd: Path, frozen: list[Path], *, log=print) -> None:
+    """Append the rows of each frozen run (`ResultsTable.freeze`) to the notebook's results table (its
+    `results_path` as run from `cwd`), skipping rows it already holds."""
+    from ..results import ResultsTable
+
+    results = parameters.get("results_path", notebook_defaults(notebook).get("results_path"))
+    if not results:
+        raise ValueError(f"{notebook.name} declares no results_path, so committed rows have nowhere to go.")
+    table = ResultsTable(cwd / results)
+    for path in frozen:
+        log(f"{table.seed(path)} rows seeded from {path.parent.name}")
+
+
 def is_up_to_date(notebook: Path, output: Path, parameters: dict, cwd: Path) -> bool:
     if not output.exists():
         return False
@@ -355,8 +376,13 @@ class Outcome:
 def reproduce(profile: str, *, only: list[str] | None = None, redo: bool = False,
               output_dir: Path | None = None, inplace: bool = False,
               notebooks_dir: Path | None = None, repo_root: Path = REPO_ROOT,
-              overrides: dict | None = None, kernel: bool = True, log=print) -> list[Outcome]:
+              overrides: dict | None = None, kernel: bool = True, from_committed: bool = False,
+              log=print) -> list[Outcome]:
     """Run the notebooks of `notebooks_dir` in `profile`; one failure does not stop the others.
+
+    from_committed: re-execute only the notebooks that have committed runs (results/committed/NN_verdicts*/
+    rows.jsonl.gz), each after seeding its results table with those rows, so nothing is measured again
+    (`make figures`); the others are skipped with a note.
 
     overrides: parameters set on top of the profile's (e.g. {"device": "cuda"}), for every notebook that
     declares them. kernel=False runs the code cells in this process (`execute_in_process`): no executed
@@ -390,7 +416,14 @@ def reproduce(profile: str, *, only: list[str] | None = None, redo: bool = False
             outcomes.append(Outcome(notebook.stem, "failed", error=f"{type(err).__name__}: {err}"))
             log(f"{prefix}: FAILED to read its parameters: {err}")
             continue
-        if kernel and not redo and is_up_to_date(notebook, output, parameters, cwd):
+        if from_committed:
+            frozen = committed_rows(notebook, parameters, repo_root)
+            if not frozen.is_file():
+                outcomes.append(Outcome(notebook.stem, "skipped", output=output, parameters=parameters))
+                log(f"{prefix}: no committed run of this profile ({_relative(frozen, repo_root)}), skipped")
+                continue
+            seed_results(notebook, parameters, cwd, [frozen], log=lambda text: log(f"{prefix}: {text}"))
+        elif kernel and not redo and is_up_to_date(notebook, output, parameters, cwd):
             outcomes.append(Outcome(notebook.stem, "skipped", output=output, parameters=parameters))
             log(f"{prefix}: up to date, skipped (--redo to run it anyway)")
             continue
@@ -491,6 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="overrides",
                         help="set a parameter on top of the profile's, in every notebook that declares it; VALUE "
                              "is a Python literal or a bare string (e.g. --set device=cuda --set dtype=float16)")
+    parser.add_argument("--from-committed", action="store_true",
+                        help="re-execute only the notebooks with committed runs (results/committed/), over their "
+                             "committed rows: every figure and verdict regenerated, nothing measured (make figures)")
     parser.add_argument("--no-kernel", action="store_true",
                         help="run the code cells in this process (no Jupyter needed, no executed copy written; "
                              "for a machine with torch alone)")
@@ -518,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         outcomes = reproduce(args.profile, only=args.only, redo=args.redo, output_dir=args.output_dir,
                              inplace=args.inplace, overrides=parse_overrides(args.overrides),
-                             kernel=not args.no_kernel)
+                             kernel=not args.no_kernel, from_committed=args.from_committed)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
