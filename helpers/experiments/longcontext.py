@@ -537,3 +537,44 @@ def block_comparison(kl_bins, table, window_size: int):
     pairs = [(g, s) for g in chosen for s in chosen if table.blocks[g] == "full_attention"
              and table.blocks[s] == "sliding_attention" and base[g] == base[s]]
     return slopes, summary, (paired_differences(slopes, pairs, "log_slope") if pairs else pd.DataFrame())
+
+
+# --------------------------------------------------------------------------- outlier protection (notebook 02)
+def protection_summary(growth):
+    """Per quantized setting of a `growth_frame` (the claims board's "protection" frame): its grid (bits,
+    group_size), protection (protection_rule, protected_fraction), effective bits per weight, perplexity ratio,
+    the late-bin KL (mean over windows with its 95% t-interval) and the late/early growth (`growth_summary`)."""
+    import pandas as pd
+
+    rows = []
+    for label, group in growth.groupby("label", sort=False):
+        low, high = t_interval(group.late_bin_kl.to_numpy(float))
+        first = group.iloc[0]
+        rows.append({"label": label, "bits": first.bits, "group_size": first.group_size,
+                     "protection_rule": first.protection_rule, "protected_fraction": float(first.protected_fraction or 0),
+                     "bits_per_weight": first.bits_per_weight, "late_kl": group.late_bin_kl.mean(),
+                     "late_kl_low": low, "late_kl_high": high})
+    out = pd.DataFrame(rows).set_index("label")
+    return out.join(growth_summary(growth).drop(columns=["late_kl", "early_kl"]))
+
+
+def protection_pairs(summary) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """From a `protection_summary`: (protected, unprotected) pairs of the same bits and group size, and
+    (magnitude, other rule) pairs of the same bits, group size and protected fraction (LC7's comparison)."""
+    def grid(label):
+        row = summary.loc[label]
+        return (row.bits, row.group_size if row.group_size == row.group_size else None)
+
+    plain = {grid(label): label for label in summary.index if summary.protected_fraction[label] == 0}
+    protected = [label for label in summary.index if summary.protected_fraction[label] > 0]
+    versus_plain = [(label, plain[grid(label)]) for label in protected if grid(label) in plain]
+    magnitude = [label for label in protected if summary.protection_rule[label] == "magnitude"]
+    versus_rule = [(m, o) for m in magnitude for o in protected if summary.protection_rule[o] != "magnitude"
+                   and grid(o) == grid(m) and abs(summary.protected_fraction[o] - summary.protected_fraction[m]) < 1e-12]
+    return versus_plain, versus_rule
+
+
+def paired_late_kl(growth, pairs: Iterable[tuple[str, str]]):
+    """Per (a, b) pair: the per-window ratio of late-bin KL (a / b; < 1: a is closer to dense late in the
+    window), geometric mean with its 95% t-interval over the shared windows."""
+    return paired_differences(growth, list(pairs), "late_bin_kl", ratio=True)

@@ -205,3 +205,103 @@ def blocks_figure(kl_bins, table, summary, pairs, *, window_size: int, title: st
                    f"{r.b.rsplit(' [', 1)[0]} {r.estimate:+.3f} [{r.low:+.3f}, {r.high:+.3f}]"
                    for r in pairs.itertuples()) if len(pairs) else "") + ".")
     return fig, finding
+
+
+# --------------------------------------------------------------------------- notebook 02: outlier protection
+def _grid_name(bits, group_size) -> str:
+    return f"{bits:g}-bit " + (f"g{group_size:g}" if group_size == group_size and group_size else "per-channel")
+
+
+def protection_bits_figure(summary, *, title: str, early: tuple[int, int], late: tuple[int, int]):
+    """Two panels against effective bits per weight (the one storage model): late-bin KL (left) and the
+    late/early growth (right), one line per selection rule and grid, the unprotected setting shared,
+    95% t-intervals over windows."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    rules = [r for r in dict.fromkeys(summary.protection_rule) if r != "none"]
+    styles = series_styles(rules)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for (bits, group), grid in summary.groupby([summary.bits, summary.group_size.fillna(0)], sort=False):
+        plain = grid[grid.protected_fraction == 0]
+        for rule in rules:
+            rows = pd.concat([plain, grid[grid.protection_rule == rule]]).sort_values("bits_per_weight")
+            label = f"{rule}, {_grid_name(bits, group)}"
+            for ax, column, low, high in ((left, "late_kl", "late_kl_low", "late_kl_high"),
+                                          (right, "late/early", "low", "high")):
+                ax.errorbar(rows.bits_per_weight, rows[column], yerr=[(rows[column] - rows[low]).clip(lower=0),
+                                                                       rows[high] - rows[column]],
+                            capsize=2, marker=styles[rule]["marker"], color=styles[rule]["color"], label=label)
+    left.set(yscale="log", xlabel="effective bits per weight", ylabel=f"mean KL over [{late[0]}, {late[1]}), nats")
+    right.axhspan(0.9, 1.1, color="grey", alpha=0.15)
+    right.axhline(1.0, color="grey", lw=0.8)
+    right.set(xlabel="effective bits per weight", ylabel=f"KL [{late[0]}, {late[1]}) / KL [{early[0]}, {early[1]})")
+    right.legend(fontsize="x-small", loc="best")
+    windows = int(summary.windows.max())
+    fig.suptitle(title + f"\nleftmost point of each line: unprotected; 95% t-intervals over {windows} windows; "
+                 "grey band: flat margin [0.9, 1.1]", x=0.01, ha="left", fontsize="small")
+    fig.tight_layout()
+    plain = summary[summary.protected_fraction == 0]
+    finding = (f"Over {windows} windows: unprotected " + ", ".join(
+        f"{_grid_name(r.bits, r.group_size)} late/early {r['late/early']:.2f} [{r.low:.2f}, {r.high:.2f}] "
+        f"({r.ppl_ratio:.2g}x ppl)" for _, r in plain.iterrows()) + "; protected settings span "
+        f"{summary[summary.protected_fraction > 0]['late/early'].min():.2f}-"
+        f"{summary[summary.protected_fraction > 0]['late/early'].max():.2f}.")
+    return fig, finding
+
+
+def protection_paired_figure(versus_plain, versus_rule, summary, *, title: str):
+    """Left: growth ratio protected / unprotected against the protected fraction, per rule; right: late-bin KL
+    ratio magnitude / other rule at the same fraction; paired over windows (geometric mean, 95% t-interval)."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.4), squeeze=True)
+    rules = [r for r in dict.fromkeys(summary.protection_rule) if r != "none"]
+    styles = series_styles(rules)
+    for ax, paired, key, ylabel in ((left, versus_plain, "a", "growth ratio, protected / unprotected"),
+                                    (right, versus_rule, "b", "late-bin KL, magnitude / other rule")):
+        if not len(paired):
+            ax.text(0.5, 0.5, "no pairs in this run", ha="center", va="center", transform=ax.transAxes)
+            continue
+        paired = paired.assign(rule=paired[key].map(summary.protection_rule),
+                               fraction=paired["a"].map(summary.protected_fraction) * 100)
+        for index, (rule, rows) in enumerate(paired.groupby("rule", sort=False)):
+            rows = rows.sort_values("fraction")
+            dodge = 1 + 0.04 * index  # rules at one fraction side by side, not on top of each other
+            ax.errorbar(rows.fraction * dodge, rows.estimate, yerr=[rows.estimate - rows.low, rows.high - rows.estimate],
+                        capsize=3, marker=styles[rule]["marker"], color=styles[rule]["color"],
+                        label=rule if key == "a" else f"vs {rule}")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        _ratio_axis(ax)
+        ax.set(xlabel="protected groups, % of groups (log axis)", ylabel=ylabel)
+        ax.legend(fontsize="x-small")
+    windows = int(summary.windows.max())
+    fig.suptitle(title + f"\npaired over {windows} windows: geometric mean, 95% t-interval; < 1: protection helps "
+                 "(left), magnitude picks better groups (right)", x=0.01, ha="left", fontsize="small")
+    fig.tight_layout()
+    helps = versus_plain[versus_plain.high < 1] if len(versus_plain) else versus_plain
+    finding = (f"Paired over {windows} windows: {len(helps)} of {len(versus_plain)} protected settings reduce the "
+               "growth with the interval below 1" + (f"; magnitude vs other rules: {int((versus_rule.high < 1).sum())} "
+                                                     f"of {len(versus_rule)} pairs lower late-bin KL"
+                                                     if len(versus_rule) else "") + ".")
+    return fig, finding
+
+
+def protection_heatmap(maps, *, title: str):
+    """Per decoder linear (rows: block, columns: projection), the share of its protected groups in its single
+    most-protected column of groups, one panel per rule."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    projections = list(dict.fromkeys(maps.projection))
+    rules = list(dict.fromkeys(maps.protection_rule))
+    fig, axes = plt.subplots(1, len(rules), figsize=(3.8 * len(rules) + 1.2, 0.2 * maps.block.nunique() + 2.2),
+                             sharey=True, squeeze=False)
+    for ax, rule in zip(axes[0], rules):
+        grid = maps[maps.protection_rule == rule].pivot_table(index="block", columns="projection", values="value")
+        sns.heatmap(grid[projections], ax=ax, vmin=0, vmax=1, cmap="mako_r", cbar=ax is axes[0][-1],
+                    cbar_kws={"label": "share in the top input column group"})
+        ax.set(title=rule, xlabel="")
+    fig.suptitle(title, x=0.01, ha="left", fontsize="small")
+    fig.tight_layout()
+    return fig

@@ -161,12 +161,15 @@ PROFILES: dict[str, dict[str, dict]] = {
     },
     "02_outlier_protection": {
         "tiny": {"model": "tiny-llama", "max_context": 64, "n_windows": 3, "smallest_context": 8,
-                 "bit_widths": [3], "protect_fractions": [0.0, 0.05], "group_sizes": [32],
+                 "grids": [{"method": "rtn", "bits": 3, "group_size": 32}],
+                 "protections": [["magnitude", 0.05], ["random", 0.05]],
                  "heatmap_fraction": 0.05, "calibration_samples": 4, "calibration_seq_len": 32},
         "cpu": BF16,  # see BF16 above
         "paper": {"model": "togethercomputer/LLaMA-2-7B-32K", "dtype": "float16", "device": "cuda",
                   "max_context": 32768, "n_windows": 8, "smallest_context": 1024,
-                  "protect_fractions": [0.0, 0.005, 0.01, 0.02, 0.05], "group_sizes": [128],
+                  "grids": [{"method": "rtn", "bits": 3, "group_size": 128}, {"method": "rtn", "bits": 4, "group_size": 128}],
+                  "protections": [["magnitude", 0.005], ["magnitude", 0.01], ["magnitude", 0.02], ["magnitude", 0.05],
+                                  ["random", 0.02], ["hessian", 0.02]],
                   "calibration_samples": 128, "calibration_seq_len": 2048},
     },
 }
