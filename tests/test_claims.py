@@ -390,6 +390,18 @@ def test_hessian_schedule_claims():
     assert decide("HS3", schedule_frame(0.2)).verdict == R
 
 
+def test_schedule_claims_pair_by_seed_and_window_and_read_the_damage_matched_sparsities():
+    seeded = pd.concat([schedule_frame(0.2, sparsity=s).assign(seed=seed, nll=lambda f, k=seed: f.nll + 0.5 * k)
+                        for seed in range(3) for s in (0.45, 0.7)])
+    nominal = decide("HS1", seeded, "nominal")
+    assert nominal.verdict == R and nominal.n == 8 and "crossed bootstrap over 3 seeds x 8" in nominal.interval
+    assert abs(nominal.estimate - 0.2) < 0.01           # a seed's offset cancels in the same-seed pairing
+    matched = decide("HS1", seeded, "damage-matched")
+    assert matched.verdict == R and "0.45" in matched.points[0].name and "0.7" not in matched.points[0].name
+    collapsed = decide("HS2", seeded.assign(bits=np.nan, ppl_ratio=3.5), "damage-matched")
+    assert collapsed.verdict == U                        # 3.5x dense: beyond the working threshold
+
+
 def test_hs4_hs5_hs6():
     rng = np.random.default_rng(0)
     estimate = rng.gamma(2, 1, 24)

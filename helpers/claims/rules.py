@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..evaluation.uncertainty import interval_name, t_interval
+from ..evaluation.uncertainty import crossed_bootstrap, interval_name, t_interval
 from ..plotting import VERDICTS
 
 REPRODUCED, PARTLY, NOT_REPRODUCED, INCONCLUSIVE, UNTESTABLE = VERDICTS
@@ -165,6 +165,23 @@ def mean_interval(differences: Sequence[float], *, null: float = 0.0, side: str 
     return Interval(float(values.mean()) if values.size else float("nan"), low, high, int(values.size),
                     "mean, " + interval_name("t", int(values.size), confidence, unit),
                     detectable_effect(sd, int(values.size)), _p_value(values, null, side))
+
+
+def crossed_interval(a, b, *, null: float = 0.0, side: str = "greater", unit: str = "windows",
+                     confidence: float = 1 - ALPHA) -> Interval:
+    """mean(a) - mean(b) of two [seeds, windows] grids measured on the same seeds and windows, with a crossed
+    bootstrap interval (seeds and windows drawn independently: it carries both variations); n is the number
+    of windows (the unit every claim counts), the detectable effect and the t-test p-value those of the
+    seed-averaged per-window differences. One seed: a paired bootstrap over windows."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    result = crossed_bootstrap(a, b, confidence=confidence)
+    per_window = (a - b).mean(axis=0)
+    seeds, windows = a.shape
+    sd = float(per_window.std(ddof=1)) if windows > 1 else float("nan")
+    name = "mean, " + (interval_name("crossed", f"{seeds} seeds x {windows}", confidence, unit) if seeds > 1
+                       else interval_name("paired", windows, confidence, unit))
+    return Interval(result["estimate"], result["low"], result["high"], windows, name, detectable_effect(sd, windows),
+                    _p_value(per_window, null, side))
 
 
 def log_ratio_interval(numerator: Sequence[float], denominator: Sequence[float], *, side: str = "greater",

@@ -237,6 +237,7 @@ class CompressionReport:
     seconds: float
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # the engine's split: capture, statistics, solve, propagation
+    schedule: dict[str, dict] = field(default_factory=dict)  # per layer, what a layer-wise schedule read (error estimate, level)
 
     @property
     def bits_per_weight(self) -> float:

@@ -448,7 +448,9 @@ def scheduled_compress(model: nn.Module, recipe: Recipe, schedule: str, calibrat
     inputs="compressed", the standard sequential pass (inputs propagate through compressed blocks, as
     SparseGPT and OWL do); inputs="dense", every layer pruned from the dense model's stored Hessians
     (compress_with_hessians: the Hessian scheduler paper's assumption; SparseGPT / GPTQ only).
-    recipe.sparsity is the target mean; the report's timings gain the scheduling seconds."""
+    recipe.sparsity is the target mean; the report's timings gain the scheduling seconds (the observe-only pass
+    included) and its `schedule` the per-layer inputs of the plan (a uniform plan from dense Hessians gets the
+    error estimate at the target, to be compared with the error SparseGPT then makes)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule={schedule!r}; expected one of {SCHEDULES}.")
     if inputs not in SCHEDULE_INPUTS:
@@ -471,6 +473,8 @@ def scheduled_compress(model: nn.Module, recipe: Recipe, schedule: str, calibrat
                                   block_size=hessian.block_size)
             plan = hessian_schedule(errors, sizes, target, hessian)
     seconds = time.perf_counter() - start
+    if schedule == "uniform" and inputs == "dense":  # the estimate at the pruned sparsity, beside the error SparseGPT
+        plan.inputs = {n: {"error": e} for n, e in layer_errors(model, stats.hessians, target).items()}  # will make
     scheduled = replace(recipe, sparsity=dict(plan.sparsity))
     if inputs == "dense":
         report = compress_with_hessians(model, scheduled, stats.hessians)
@@ -479,4 +483,5 @@ def scheduled_compress(model: nn.Module, recipe: Recipe, schedule: str, calibrat
                                 batch_size=batch_size, progress=False)
     del stats
     report.timings["seconds_schedule"] = seconds
+    report.schedule = {name: {**plan.inputs.get(name, {}), "sparsity": value} for name, value in plan.sparsity.items()}
     return report, plan

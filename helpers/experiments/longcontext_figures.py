@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from ..plotting import series_styles
+from ..plotting import ratio_axis, series_styles
 
 FAMILY_PANELS = ("pruning", "quantization", "activations")
 POINTS_BELOW = 10  # fewer windows than this: draw each window's points, not a band
@@ -21,17 +21,6 @@ POINTS_BELOW = 10  # fewer windows than this: draw each window's points, not a b
 def _styles(table):
     order = [label for label in table.index if label != "dense"]
     return order, series_styles(order, families=table.family.to_dict())
-
-
-def _ratio_axis(ax) -> None:
-    """A log x axis of ratios with plain tick labels (0.5, 1, 2), not powers of ten."""
-    from matplotlib.ticker import FuncFormatter, LogLocator
-
-    ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_minor_locator(LogLocator(base=10, subs=(3.0, 4.0, 6.0, 7.0, 8.0, 9.0)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
-    ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: ""))
 
 
 def _legend_label(table, label: str) -> str:
@@ -96,8 +85,8 @@ def growth_figure(summary, *, title: str, early: tuple[int, int], late: tuple[in
                                       + f"; detects {summary.detectable[label]:.2f}x)" for label in order],
                   fontsize="small")
     ax.invert_yaxis()
-    _ratio_axis(ax)
-    ax.set_xlabel(f"mean KL over positions [{late[0]}, {late[1]}) / over [{early[0]}, {early[1]}) (ratio, log axis)")
+    ratio_axis(ax)
+    ax.set_xlabel(f"mean KL over positions [{late[0]}, {late[1]}) / over [{early[0]}, {early[1]}) (ratio)")
     windows = int(summary.windows.max())
     fig.suptitle(title + f"\ngeometric mean, 95% t-interval over {windows} windows; grey band: flat margin [0.9, 1.1]; "
                  "hollow red: collapsed", x=0.01, ha="left", fontsize="small")
@@ -125,7 +114,7 @@ def paired_figure(paired, *, title: str):
     ax.set_yticks(range(len(paired)), [f"{r.a} ({r.ppl_ratio_a:.2g}x) / {r.b} ({r.ppl_ratio_b:.2g}x)"
                                        for r in paired.itertuples()], fontsize="small")
     ax.invert_yaxis()
-    _ratio_axis(ax)
+    ratio_axis(ax)
     ax.set_xlabel("growth ratio, quantized / pruned (late/early KL ratio per window; > 1: quantized grows more)")
     windows = int(paired.windows.max()) if len(paired) else 0
     fig.suptitle(title + f"\npairs at matched perplexity; geometric mean, 95% t-interval over {windows} windows; "
@@ -272,7 +261,7 @@ def protection_paired_figure(versus_plain, versus_rule, summary, *, title: str):
                         capsize=3, marker=styles[rule]["marker"], color=styles[rule]["color"],
                         label=rule if key == "a" else f"vs {rule}")
         ax.axhline(1.0, color="grey", lw=0.8)
-        _ratio_axis(ax)
+        ratio_axis(ax)
         ax.set(xlabel="protected groups, % of groups (log axis)", ylabel=ylabel)
         ax.legend(fontsize="x-small")
     windows = int(summary.windows.max())

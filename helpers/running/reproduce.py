@@ -73,23 +73,18 @@ PROFILES: dict[str, dict[str, dict]] = {
     },
     "04_hessian_scheduler": {
         "tiny": {"model": "tiny-llama", "calibration_count": 4, "calibration_seq_len": 32, "eval_seq_len": 64,
-                 "max_windows": 3, "seeds": [0, 1], "sparsities": [0.5, 0.7], "quant_bits": [4, 3],
-                 "quant_sparsities": [0.7], "quant_seeds": {4: [0, 1], 3: [0]}, "dense_hessian_sparsities": [0.7],
-                 "ablation_sparsity": 0.5, "ablations": ["levels 2", "decades", "per weight"],
-                 "pruned_ablations": ["decades"]},
+                 "max_windows": 6, "seeds": [0, 1], "ladder": [0.5, 0.7], "target_ratios": [], "nominal": [0.5, 0.7],
+                 "quant_bits": [4], "ablations": ["decades"], "dense_statistics": False},
         # cpu: the notebook's defaults (SmolLM2, 3 seeds x 64 windows of 512 tokens), in bf16 (see BF16)
         "cpu": BF16,
-        # the second architecture: Gemma-3-270M, the main comparison at one working sparsity, one seed, fewer
-        # windows (its 262K-entry output head makes an evaluation ~5x the cost of SmolLM2's)
-        "long": {"model": "gemma3-270m", "seeds": [0], "sparsities": [0.5], "quant_bits": [], "quant_sparsities": [],
-                 "quant_seeds": {}, "dense_hessian_sparsities": [], "baseline_bits": None, "ablation_sparsity": 0.5,
-                 "ablations": [], "pruned_ablations": [], "wikitext_check": False, "max_windows": 32,
-                 "run_name": "gemma3", "results_path": "../results/hessian_scheduler_gemma3.jsonl"},
+        # the second architecture: Gemma-3-270M at the same design (its 262K-entry output head makes an evaluation
+        # ~5x the cost of SmolLM2's: 32 windows)
+        "long": {"model": "gemma3-270m", "max_windows": 32, "run_name": "gemma3",
+                 "results_path": "../results/hessian_scheduler_gemma3.jsonl"},
         "paper": {"model": "facebook/opt-1.3b", "dtype": "float16", "device": "cuda", "threads": 8,
                   "calibration_count": 128, "calibration_seq_len": 2048, "eval_seq_len": 2048, "max_windows": None,
-                  "seeds": [0, 1, 2], "sparsities": [0.5, 0.6, 0.7, 0.8], "quant_sparsities": [0.7, 0.8],
-                  "quant_seeds": {4: [0, 1, 2], 3: [0, 1, 2]}, "dense_hessian_sparsities": [0.7, 0.8],
-                  "ablation_sparsity": 0.7, "pruned_ablations": "all"},
+                  "ladder": [0.5, 0.6, 0.7, 0.8], "target_ratios": [1.3, 2.0, 3.5], "nominal": [0.7, 0.8],
+                  "ablations": ["decades", "per weight", "levels 2", "probe 0.5", "spread 0.04"]},
     },
     "03_llm_kick": {
         "tiny": {"model": "tiny-llama", "threads": 1, "eval_seq_len": 32, "eval_windows": 3,

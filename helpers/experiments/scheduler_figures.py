@@ -1,0 +1,133 @@
+"""The figures of notebook 04 (the Hessian layer-wise scheduler), drawn from its tidy tables only.
+
+Each function returns (figure, finding). Collapsed points (uniform SparseGPT beyond the working threshold,
+3x dense perplexity) are drawn hollow and named so; n (seeds x windows) is in every title.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..claims.rules import WORKING_MAX_PPL_RATIO
+from ..plotting import ratio_axis, series_styles
+
+SCHEDULE_ORDER = ("uniform", "owl", "hessian")
+
+
+def ladder_figure(points, matched: dict, *, title: str):
+    """Uniform SparseGPT's perplexity ratio to dense against mean sparsity (each seed a dot, their geometric
+    mean a line), the target ratios and the sparsities read off for them, the working threshold dashed."""
+    import matplotlib.pyplot as plt
+
+    rungs = points[(points.schedule == "uniform") & points.bits.isna() & (points.inputs == "compressed")
+                   & (points.ablation == "none")]
+    mean = rungs.groupby("sparsity").ppl_ratio.apply(lambda r: float(np.exp(np.log(r).mean())))
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    ax.scatter(rungs.sparsity, rungs.ppl_ratio, s=14, color="tab:blue", alpha=0.5, label="one calibration seed")
+    ax.plot(mean.index, mean.values, color="tab:blue", marker="o", label="geometric mean over seeds")
+    ax.axhline(WORKING_MAX_PPL_RATIO, color="tab:red", ls="--", lw=1, label=f"working threshold ({WORKING_MAX_PPL_RATIO:g}x)")
+    for target, sparsity in matched.items():
+        ax.plot([sparsity, sparsity], [1, target], color="grey", ls=":", lw=1)
+        ax.annotate(f"{target:g}x -> {sparsity:.2f}", (sparsity, target), textcoords="offset points", xytext=(4, -12),
+                    fontsize="small", color="dimgrey")
+    ax.set(yscale="log", xlabel="mean sparsity (fraction of decoder-linear weights pruned)",
+           ylabel="perplexity / dense (log axis)")
+    ax.legend(fontsize="x-small", loc="upper left")
+    fig.suptitle(title + "\nuniform SparseGPT, 16-bit, sequential: the damage ladder", x=0.01, ha="left", fontsize="small")
+    fig.tight_layout()
+    finding = ("Uniform SparseGPT costs " + ", ".join(f"{r:.2f}x at {s:.2f}" for s, r in mean.items())
+               + " dense perplexity; the matched sparsities are " + ", ".join(f"{s:.2f} ({t:g}x)" for t, s in matched.items())
+               + ".")
+    return fig, finding
+
+
+def paired_figure(paired, *, title: str):
+    """Forest plot, one panel per comparison (hessian / uniform, owl / uniform, hessian / owl): the mean-KL
+    ratio per point (sparsity, bits) with its crossed-bootstrap interval; collapsed points hollow red."""
+    import matplotlib.pyplot as plt
+
+    comparisons = list(dict.fromkeys(paired.comparison))
+    labels = list(dict.fromkeys(f"{s:.2f}, {b:g}-bit" for s, b in zip(paired.sparsity, paired.bits)))
+    fig, axes = plt.subplots(1, len(comparisons), figsize=(4.4 * len(comparisons) + 1.5, 0.42 * len(labels) + 1.9),
+                             sharey=True, squeeze=False)
+    for ax, comparison in zip(axes[0], comparisons):
+        part = paired[paired.comparison == comparison]
+        for row in part.itertuples():
+            y = labels.index(f"{row.sparsity:.2f}, {row.bits:g}-bit")
+            color = "tab:blue" if row.working else "tab:red"
+            ax.errorbar(row.kl_ratio, y, xerr=[[row.kl_ratio - row.kl_low], [row.kl_high - row.kl_ratio]], marker="o",
+                        color=color, mfc=color if row.working else "white", capsize=3, ls="none")
+        ax.axvline(1.0, color="grey", lw=0.8)
+        ratio_axis(ax)
+        ax.set(title=comparison, xlabel="mean-KL ratio (< 1: the first is better)")
+    ratios = paired.drop_duplicates(["sparsity", "bits"]).set_index(["sparsity", "bits"]).uniform_ppl_ratio
+    axes[0][0].set_yticks(range(len(labels)), [f"{label} (uniform {ratios.iloc[i]:.2g}x"
+                                               + ("" if ratios.iloc[i] <= WORKING_MAX_PPL_RATIO else ", collapsed") + ")"
+                                               for i, label in enumerate(labels)], fontsize="small")
+    axes[0][0].invert_yaxis()
+    seeds, windows = int(paired.seeds.max()), int(paired.windows.max())
+    fig.suptitle(title + f"\npaired by seed and window; 95% crossed bootstrap over up to {seeds} seeds x {windows} windows; "
+                 "hollow red: uniform collapsed there", x=0.01, ha="left", fontsize="small")
+    fig.tight_layout()
+    hessian = paired[(paired.comparison == "hessian / uniform") & paired.working]
+    finding = ("Hessian / uniform mean-KL ratio at working points: " + "; ".join(
+        f"{r.sparsity:.2f} {r.bits:g}-bit {r.kl_ratio:.3f} [{r.kl_low:.3f}, {r.kl_high:.3f}]" for r in hessian.itertuples())
+        + "." if len(hessian) else "No working point compares Hessian with uniform.")
+    return fig, finding
+
+
+def kinds_figure(kinds, *, title: str):
+    """Why a schedule wins or loses, per layer type: left the mean scheduled sparsity, right SparseGPT's summed
+    layer error (log axis), one bar per schedule."""
+    import matplotlib.pyplot as plt
+
+    schedules = [s for s in SCHEDULE_ORDER if s in set(kinds.schedule)]
+    order = list(dict.fromkeys(kinds.kind))
+    styles = series_styles(schedules)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    width = 0.8 / max(len(schedules), 1)
+    for i, schedule in enumerate(schedules):
+        part = kinds[kinds.schedule == schedule].set_index("kind").reindex(order)
+        x = np.arange(len(order)) + (i - (len(schedules) - 1) / 2) * width
+        left.bar(x, part.sparsity, width, color=styles[schedule]["color"], label=schedule)
+        right.bar(x, part.error, width, color=styles[schedule]["color"], label=schedule)
+    for ax in (left, right):
+        ax.set_xticks(range(len(order)), order, rotation=30)
+    low = kinds.sparsity.min()
+    left.set(ylabel="mean sparsity of the layer type", ylim=(max(0.0, low - 0.05), min(1.0, kinds.sparsity.max() + 0.05)))
+    right.set(yscale="log", ylabel="SparseGPT's error, summed over blocks")
+    left.legend(fontsize="x-small")
+    fig.suptitle(title, x=0.01, ha="left", fontsize="small")
+    fig.tight_layout()
+    table = kinds.pivot(index="kind", columns="schedule", values="sparsity").reindex(order)
+    finding = "Mean sparsity per layer type: " + "; ".join(
+        f"{schedule} {table[schedule].idxmin()} least ({table[schedule].min():.2f}), {table[schedule].idxmax()} most "
+        f"({table[schedule].max():.2f})" for schedule in schedules if schedule != "uniform") + "."
+    return fig, finding
+
+
+def estimate_figure(layer_errors, *, title: str):
+    """The scheduler's estimate against SparseGPT's error per layer (log-log), coloured by layer type, with the
+    rank correlation per run in the finding."""
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    fig, ax = plt.subplots(figsize=(6.8, 4.8))
+    kinds = list(dict.fromkeys(layer_errors.kind))
+    styles = series_styles(kinds)
+    for kind in kinds:
+        part = layer_errors[layer_errors.kind == kind]
+        ax.scatter(part.estimated_error, part.measured_error, s=14, color=styles[kind]["color"],
+                   marker=styles[kind]["marker"], label=kind)
+    low = min(layer_errors.estimated_error.min(), layer_errors.measured_error.min())
+    high = max(layer_errors.estimated_error.max(), layer_errors.measured_error.max())
+    ax.plot([low, high], [low, high], color="grey", ls=":", lw=1)
+    ax.set(xscale="log", yscale="log", xlabel="estimated pruning error E_l (dense Hessians, no updates)",
+           ylabel="SparseGPT's error on the layer")
+    ax.legend(fontsize="x-small", bbox_to_anchor=(1.01, 1), loc="upper left")
+    rho = {label: stats.spearmanr(g.estimated_error, g.measured_error).statistic
+           for label, g in layer_errors.groupby("label", sort=False)}
+    fig.suptitle(title + f"\n{layer_errors.layer.nunique()} layers per run; dotted: equality", x=0.01, ha="left",
+                 fontsize="small")
+    fig.tight_layout()
+    finding = "Spearman(estimate, SparseGPT's error) over layers: " + ", ".join(f"{k} {v:.3f}" for k, v in rho.items()) + "."
+    return fig, finding

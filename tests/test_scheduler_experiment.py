@@ -1,0 +1,75 @@
+"""helpers.experiments.scheduler: variants, the damage ladder and the claims board's frames, on a tiny model."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from helpers.claims.board import board
+from helpers.data import CalibrationSettings
+from helpers.evaluation.metrics import DenseReference
+from helpers.experiments import scheduler as sc
+from helpers.experiments.core import Runner, Variant, latest_frame
+from helpers.models import load_model
+from helpers.results import ResultsTable
+
+CALIBRATION = CalibrationSettings(dataset="c4", n_samples=4, seq_len=32)
+
+
+def test_variants_name_schedule_seed_bits_inputs_and_ablation():
+    labels = [sc.schedule_variant(k, 0.5, seed, CALIBRATION).label for k in ("uniform", "hessian") for seed in (0, 1)]
+    assert len(set(labels)) == 4 and labels[0] == "uniform s=0.50 seed=0"
+    ablated = sc.schedule_variant("hessian", 0.5, 1, CALIBRATION, ablation="decades", bits=4)
+    assert ablated.label == "hessian s=0.50 4-bit [decades] seed=1"
+    assert ablated.recipe.calibration.seed == 1 and ablated.settings["ablation"] == "decades"
+    assert ablated.settings["schedule"]["hessian"].clustering == "decades"
+    with pytest.raises(ValueError, match="varies the Hessian scheduler"):
+        sc.schedule_variant("uniform", 0.5, 0, CALIBRATION, ablation="decades")
+
+
+def ladder(ratios):
+    rows = [{"label": "dense", "schedule": "dense", "sparsity": 0.0, "bits": np.nan, "inputs": "compressed",
+             "ablation": "none", "ppl_ratio": 1.0}]
+    rows += [{"label": f"u{s}-{seed}", "schedule": "uniform", "sparsity": s, "bits": np.nan, "inputs": "compressed",
+              "ablation": "none", "ppl_ratio": r * (1.02 if seed else 1 / 1.02)}
+             for s, r in ratios.items() for seed in (0, 1)]
+    return pd.DataFrame(rows).set_index("label")
+
+
+def test_the_damage_ladder_interpolates_log_ratio_in_sparsity():
+    points = ladder({0.3: 1.2, 0.5: 2.0, 0.7: 8.0})
+    matched = sc.matched_sparsities(points, [2.0, 4.0])
+    assert matched[2.0] == 0.5                                   # a rung hit exactly (seeds averaged geometrically)
+    assert matched[4.0] == 0.6                                   # halfway in log ratio between 2x and 8x
+    with pytest.raises(ValueError, match="outside the ladder"):
+        sc.matched_sparsities(points, [10.0])
+    with pytest.raises(ValueError, match="do not rise"):
+        sc.matched_sparsities(ladder({0.3: 1.2, 0.5: 1.1}), [1.15])
+
+
+def test_frames_from_a_tiny_run_carry_what_every_hs_claim_reads(tmp_path):
+    model, tokenizer = load_model("tiny-llama")
+    windows = torch.randint(0, 256, (5, 32), generator=torch.Generator().manual_seed(0))
+    reference = DenseReference(model, windows, progress=False, lazy=True)
+    variants = [Variant.dense()] + [sc.schedule_variant(k, s, seed, CALIBRATION) for s in (0.5, 0.7)
+                                    for k in ("uniform", "owl", "hessian") for seed in (0, 1)]
+    variants += [sc.schedule_variant("uniform", 0.5, 0, CALIBRATION, inputs="dense")]
+    table = ResultsTable(tmp_path / "r.jsonl")
+    Runner(model, table, "tiny-llama", {"d": 1}, tokenizer=tokenizer, log=lambda *_: None, progress=False).run(
+        variants, [sc.window_measurement(reference)])
+    frame = latest_frame(table)
+    points = sc.points_table(frame)
+    assert points.ppl_ratio["dense"] == 1.0 and set(points.schedule) == {"dense", "uniform", "owl", "hessian"}
+    frames = sc.board_frames(frame)
+    assert len(frames["schedule"]) == 12 * 5 and set(frames["schedule"].seed) == {0, 1}
+    errors = frames["layer_errors"]
+    assert len(errors) == errors.layer.nunique() > 0 and (errors.estimated_error > 0).all()  # the dense-H uniform run
+    assert (frames["overhead"].schedule_seconds > 0).all() and set(frames["overhead"].label) == {"owl", "hessian"}
+    assert set(frames["dense_statistics"].statistics) == {"dense", "sequential"}
+    table_ = board(frames, claims=("HS1", "HS2", "HS3", "HS4", "HS5", "HS6"))
+    assert not table_.why.str.contains("missing").any()          # every decider found its columns
+    hessian = frame[(frame.label == "hessian s=0.70 seed=0") & (frame.metric == "layer_error")]
+    assert abs(hessian.layer_sparsity.astype(float).mean() - 0.7) < 0.1   # scheduled per layer, around the target
+    assert hessian.layer_sparsity.astype(float).std() > 0                   # ... and not uniform
+    paired = sc.paired_schedules(frames["schedule"])
+    assert set(paired.comparison) == {"hessian / uniform", "owl / uniform", "hessian / owl"}
+    assert (paired.seeds == 2).all() and (paired.windows == 5).all()
