@@ -364,10 +364,13 @@ def test_ki5_reports_nominal_and_damage_matched_settings():
 
 
 def test_ki7_finds_task_damage_hidden_at_matched_perplexity():
-    same = task_frame({"a": (0.5, PRUNED_30), "b": (1.0, PRUNED_30)}, n=300)
+    other = {**PRUNED_30, "method": "sparsegpt"}
+    same = task_frame({"a": (0.5, PRUNED_30), "b": (1.0, other)}, n=300)
     assert decide("KI7", same).verdict == R                      # equal perplexity, different task damage
-    equal = task_frame({"a": (1.0, PRUNED_30), "b": (1.0, PRUNED_30)}, n=300)
+    equal = task_frame({"a": (1.0, PRUNED_30), "b": (1.0, other)}, n=300)
     assert decide("KI7", equal).verdict == NR                    # identical answers: no difference shown
+    one_method = task_frame({"a": (0.5, PRUNED_30), "b": (1.0, PRUNED_30)}, n=300)
+    assert decide("KI7", one_method).verdict == U                # one method twice (e.g. two seeds): not the claim
 
 
 def schedule_frame(uniform_gap: float, *, sparsity: float = 0.7, bits: float = 4, ppl_ratio: float = 2.0):

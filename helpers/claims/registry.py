@@ -455,6 +455,7 @@ def decide_lc7(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
 
 # --------------------------------------------------------------------------- 2310.01382: LLM-KICK
 TASK_COLUMNS = ("label", "task", "example", "dense_score", "score", "chance", "ppl_ratio")
+KNOWLEDGE_KINDS = ("knowledge", "factual")  # task_kind: multiple-choice knowledge, free-form factual answers
 
 
 def _floor(rows) -> bool:
@@ -496,11 +497,11 @@ def decide_ki1(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
     """KI1, knowledge is lost at trivial sparsity (25-30%). Frame "task_scores": one row per (label, task,
     example) with label, task, example, dense_score and score (the dense and the compressed model's score
     on that example, in [0, 1]), chance, ppl_ratio, plus family, sparsity, task_kind. Rows: pruning at
-    sparsity 0.25-0.30 on task_kind "knowledge"; per (label, task) the paired drop above TASK_EFFECT."""
+    sparsity 0.25-0.30 on task_kind "knowledge" or "factual"; per (label, task) the paired drop above TASK_EFFECT."""
     _require(frame, (*TASK_COLUMNS, "family", "sparsity", "task_kind"), claim)
     sparsity = frame["sparsity"].astype(float)
     rows = frame[(frame["family"] == "pruning") & (sparsity >= 0.25 - 1e-9) & (sparsity <= 0.30 + 1e-9)
-                 & (frame["task_kind"] == "knowledge")]
+                 & frame["task_kind"].isin(KNOWLEDGE_KINDS)]
     return _decide(claim, _drop_points(claim, rows.groupby(["label", "task"], sort=False)), frame, regime,
                    "pruning at 25-30% on knowledge tasks")
 
@@ -510,7 +511,7 @@ def decide_ki2(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
     method and pattern ("unstructured" or "N:M"). For each (method, sparsity): unstructured minus N:M score
     per example, above TASK_EFFECT."""
     _require(frame, (*TASK_COLUMNS, "family", "method", "pattern", "sparsity", "task_kind"), claim)
-    rows = frame[(frame["family"] == "pruning") & (frame["task_kind"] == "knowledge")]
+    rows = frame[(frame["family"] == "pruning") & frame["task_kind"].isin(KNOWLEDGE_KINDS)]
     pairs = []
     for _, group in rows.groupby(["method", "sparsity"], sort=False):
         unstructured = group.loc[group["pattern"] == "unstructured", "label"].unique()
@@ -592,18 +593,7 @@ def decide_ki5(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
     if regime == "nominal":
         rows = rows[np.abs(rows["sparsity"].astype(float) - 0.5) < 1e-9]
     else:
-        keep = []
-        for method, group in rows.groupby("method", sort=False):
-            published = PUBLISHED_RATIOS.get((claim.damage_reference, f"{method} 50%"))
-            if published is None:
-                skipped.append(_skipped(str(method), f"no published 50% ratio for {method}"))
-                continue
-            match = rules.damage_match(group.groupby("label")["ppl_ratio"].median().to_dict(), published)
-            if match.within_tolerance:
-                keep.append(match.setting)
-            else:
-                skipped.append(_skipped(match.setting, f"nearest setting {match.measured_ratio:.3g}x vs published "
-                                        f"{published:.3g}x: outside {rules.DAMAGE_TOLERANCE}x"))
+        keep, skipped = _damage_matched(claim, rows, "50%")
         rows = rows[rows["label"].isin(keep)]
     points = []
     for (label, task), group in rows.groupby(["label", "task"], sort=False):
@@ -649,15 +639,18 @@ def decide_ki6(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
 
 
 def decide_ki7(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
-    """KI7, perplexity hides task damage: two points at matched perplexity (ratios within PERPLEXITY_MATCH)
-    differ in task damage. Frame "task_scores" (as KI1). Per such pair and task: per-example score
+    """KI7, perplexity hides task damage: two points of different methods (the `method` column, when present)
+    at matched perplexity (ratios within PERPLEXITY_MATCH) differ in task damage. Frame "task_scores" (as
+    KI1). Per such pair and task: per-example score
     difference, two-sided; reproduced when Holm's correction finds at least one pair that differs; not
     reproduced when every pair lies within +-TASK_EFFECT (a design able to see TASK_EFFECT)."""
     _require(frame, TASK_COLUMNS, claim)
     ratios = frame.groupby("label", sort=False)["ppl_ratio"].median()
+    method = (frame.groupby("label", sort=False)["method"].first() if "method" in frame.columns
+              else {label: label for label in ratios.index})
     labels = list(ratios.index)
     pairs = [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:]
-             if abs(math.log(ratios[a] / ratios[b])) <= math.log(PERPLEXITY_MATCH)]
+             if abs(math.log(ratios[a] / ratios[b])) <= math.log(PERPLEXITY_MATCH) and method[a] != method[b]]
     return _decide(claim, _paired_task_points(claim, frame, pairs, side="two-sided"), frame, "damage-matched",
                    "two variants within 1.1x perplexity")
 

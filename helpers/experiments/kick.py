@@ -485,3 +485,170 @@ def perplexity_table(frame, *, confidence: float = 0.95, seed: int = 0):
                         "perplexity_ratio_high": math.exp(diff["high"]), "ratio_interval": diff["interval"]})
         rows.append(row)
     return pd.DataFrame(rows).set_index("label")
+
+
+# --------------------------------------------------------------------------- the notebook's tasks, roles and frames
+def standard_tasks(*, seed: int = 0, mmlu_examples=1000, mmlu_shots: int = 0, mmlu_scorings=("loglik",),
+                   freebaseqa_examples=300, triviaqa_examples=300, nq_closed_examples=300, nq_open_examples=300,
+                   passage_chars: int = 3072, short_answer_tokens: int = 12, kv_examples=100, kv_pairs: int = 3,
+                   kv_long_pairs: int = 5, kv_new_tokens: int = 48, summarization_examples=30,
+                   summary_article_tokens: int = 512, summary_new_tokens: int = 64, instruction_examples=80,
+                   instruction_new_tokens: int = 64) -> list[KickTask]:
+    """LLM-KICK's task families as KickTasks (a count of 0 leaves a task out, None takes every example):
+    MMLU, FreebaseQA, TriviaQA and NQ closed book (knowledge), NQ open book and key-value retrieval
+    (in-context retrieval, at two lengths), CNN/DM summaries and Vicuna-bench instructions (free text)."""
+    from ..evaluation.tasks import (FactoidSettings, GenerationSettings, InstructionSettings, KVRetrievalSettings,
+                                    MMLUSettings, RetrievalQASettings, SummarizationSettings)
+
+    quiet = dict(progress=False)
+    short = GenerationSettings(max_new_tokens=short_answer_tokens, stop_at_newline=True, **quiet)
+    kv = GenerationSettings(max_new_tokens=kv_new_tokens, chat_template=False, **quiet)
+    candidates = [
+        (mmlu_examples, lambda: KickTask("mmlu", "mmlu", mmlu_examples, MMLUSettings(
+            shots=mmlu_shots, seed=seed, scorings=tuple(mmlu_scorings), progress=False), chance=0.25)),
+        (freebaseqa_examples, lambda: KickTask("freebaseqa", "factoid", freebaseqa_examples, FactoidSettings(
+            generation=GenerationSettings(max_new_tokens=short_answer_tokens, **quiet), seed=seed))),
+        (triviaqa_examples, lambda: KickTask("triviaqa_closed_book", "retrieval_qa", triviaqa_examples,
+                                             RetrievalQASettings(dataset="triviaqa", open_book=False, seed=seed,
+                                                                 generation=short))),
+        (nq_closed_examples, lambda: KickTask("nq_closed_book", "retrieval_qa", nq_closed_examples,
+                                              RetrievalQASettings(open_book=False, seed=seed, generation=short))),
+        (nq_open_examples, lambda: KickTask("nq_open_book", "retrieval_qa", nq_open_examples, RetrievalQASettings(
+            open_book=True, passage_chars=passage_chars, seed=seed, generation=short))),
+        (kv_examples, lambda: KickTask("kv_retrieval", "kv_retrieval", kv_examples,
+                                       KVRetrievalSettings(n_pairs=kv_pairs, seed=seed, generation=kv))),
+        (kv_examples if kv_long_pairs else 0, lambda: KickTask(f"kv_retrieval_{kv_long_pairs}_pairs", "kv_retrieval",
+                                                               kv_examples, KVRetrievalSettings(
+                                                                   n_pairs=kv_long_pairs, seed=seed, generation=kv))),
+        (summarization_examples, lambda: KickTask("summarization", "summarization", summarization_examples,
+                                                  SummarizationSettings(max_article_tokens=summary_article_tokens,
+                                                                        seed=seed, generation=GenerationSettings(
+                                                                            max_new_tokens=summary_new_tokens,
+                                                                            batch_size=2, **quiet)))),
+        (instruction_examples, lambda: KickTask("instruction_following", "instruction_following", instruction_examples,
+                                                InstructionSettings(seed=seed, generation=GenerationSettings(
+                                                    max_new_tokens=instruction_new_tokens, batch_size=2, **quiet)))),
+    ]
+    return [make() for count, make in candidates if count is None or count > 0]
+
+
+def claim_task_kind(task: KickTask) -> str:
+    """What a task tests in the claims' words: "knowledge" (multiple-choice knowledge, MMLU), "factual"
+    (free-form factual answers from memory: FreebaseQA, closed-book QA), "retrieval" (answers found in the
+    prompt: open-book QA, key-value retrieval), "summarization" or "instruction"."""
+    if task.kind == "retrieval_qa":
+        return "retrieval" if getattr(task.settings, "open_book", False) else "factual"
+    return {"mmlu": "knowledge", "factoid": "factual", "kv_retrieval": "retrieval", "summarization": "summarization",
+            "instruction_following": "instruction"}.get(task.kind, task.kind)
+
+
+def task_roles(baseline, tasks: Sequence[KickTask], *, sweep_tasks="auto", sweep_margin: float = 0.1,
+               dense_only: Sequence[str] = (), focus: Sequence[str] = ()):
+    """From the dense evidence (`evidence_table` of the dense rows): each task's status (above the floor, at the
+    floor, free text) and role (swept at every point, at the focus points, dense only, and why); returns
+    (baseline with status and role, swept task names, focused task names). "auto" sweeps the short-answer tasks
+    whose best scoring lies at least `sweep_margin` above chance."""
+    import numpy as np
+
+    baseline = baseline.copy()
+    rouge = baseline.scoring.str.contains("rouge")
+    baseline["status"] = np.where(rouge, "free text (no chance level)", np.where(
+        baseline.at_floor, "at the floor: untestable on this model", "above the floor"))
+    floor = baseline.groupby("task").at_floor.all()  # MMLU: at the floor only if every scoring is
+    free = {t.name for t in tasks if t.task_kind.free_form}
+    above = [t.name for t in tasks if t.name not in free and not floor.get(t.name, True)]
+    margin = (baseline.score - baseline.chance).groupby(baseline.task).max()
+    if sweep_tasks == "auto":
+        swept = [n for n in above if n not in dense_only and n not in focus and margin[n] >= sweep_margin]
+    else:
+        unknown = [n for n in sweep_tasks if n not in {t.name for t in tasks}]
+        if unknown:
+            raise ValueError(f"sweep_tasks names {unknown}, not among this run's tasks {[t.name for t in tasks]}.")
+        swept = list(sweep_tasks)
+    focused = [n for n in focus if n in free or n in above]
+
+    def role(name):
+        if floor.get(name, False) and name not in free:
+            return "at the floor: untestable on this model"
+        if name in swept:
+            return "swept at every point"
+        if name in focused:
+            return "dense + focus points"
+        if name in dense_only:
+            return "above the floor; dense only (cost)"
+        if name in free or name in focus:
+            return "dense only"
+        return f"above the floor by {margin[name]:.3f} < sweep_margin {sweep_margin}: dense only"
+
+    baseline["role"] = baseline.task.map(role)
+    return baseline, swept, focused
+
+
+def kick_points(frame):
+    """One row per point of a sweep: method, family, pattern, sparsity (the recorded setting), bits (nan: none),
+    bits_per_weight, calibration samples and seed, with perplexity and its ratio to dense (`perplexity_table`)."""
+    import pandas as pd
+
+    first = frame.drop_duplicates("label").set_index("label")
+    get = lambda column: first[column] if column in first.columns else pd.Series(float("nan"), index=first.index)  # noqa: E731
+    points = pd.DataFrame({"method": first["method"], "family": first["family"],
+                           "pattern": get("settings.recipe.pattern").fillna("unstructured"),
+                           "sparsity": pd.to_numeric(get("settings.recipe.sparsity"), errors="coerce").fillna(0.0),
+                           "bits": pd.to_numeric(get("settings.bits"), errors="coerce"),
+                           "bits_per_weight": first["bits_per_weight"],
+                           "calibration_samples": get("settings.recipe.calibration.n_samples"),
+                           "calibration_seed": get("settings.recipe.calibration.seed")})
+    points.loc[points.pattern.str.contains(":"), "sparsity"] = [
+        1 - int(p.split(":")[0]) / int(p.split(":")[1]) for p in points.pattern[points.pattern.str.contains(":")]]
+    ppl = perplexity_table(frame)
+    points = points.join(ppl[["perplexity", "perplexity_ratio", "mean_kl"]])
+    points.loc[DENSE_LABEL, "perplexity_ratio"] = 1.0
+    return points
+
+
+def task_frame(frame, tasks: Sequence[KickTask], records_dir: str | Path, points):
+    """The claims board's "task_scores" frame: one row per (point, task, example) of the compressed points,
+    with the dense and the point's score on that example (the task's primary scoring; MMLU its first), the
+    chance level, the point's ppl_ratio, family, method, pattern, sparsity, bits, storage_bits and the claims'
+    task_kind (`claim_task_kind`)."""
+    import pandas as pd
+
+    rows = []
+    for task in tasks:
+        records = point_records(frame, task, records_dir)
+        if DENSE_LABEL not in records:
+            continue
+        scoring = task_scorings(task)[0]
+        for label, mine in records.items():
+            if label == DENSE_LABEL or label not in points.index:
+                continue
+            pairs = _paired(records[DENSE_LABEL], mine)
+            dense = example_scores(task.kind, scoring, [d for d, _ in pairs])
+            score = example_scores(task.kind, scoring, [r for _, r in pairs])
+            rows.append(pd.DataFrame({"label": label, "task": task.name, "example": [int(d["index"]) for d, _ in pairs],
+                                      "dense_score": dense, "score": score, "chance": task.chance,
+                                      "task_kind": claim_task_kind(task)}))
+    if not rows:
+        return pd.DataFrame()
+    out = pd.concat(rows, ignore_index=True)
+    keep = points[["family", "method", "pattern", "sparsity", "bits", "bits_per_weight", "perplexity_ratio"]]
+    return out.join(keep.rename(columns={"bits_per_weight": "storage_bits", "perplexity_ratio": "ppl_ratio"}),
+                    on="label")
+
+
+def calibration_frame(frame, points, *, sparsity: float):
+    """The claims board's "calibration" frame (KI6): per unstructured Wanda / SparseGPT point at `sparsity`
+    and per window: label, method, calibration_samples, seed, sparsity, window, nll, ppl_ratio."""
+    import pandas as pd
+
+    rows = frame[(frame.metric == "perplexity") & frame.label.isin(points.index)]
+    chosen = points[points.method.isin(["wanda", "sparsegpt"]) & (points.pattern == "unstructured")
+                    & ((points.sparsity - sparsity).abs() < 1e-9)]
+    out = []
+    for label, nll in zip(rows.label, rows.window_nll):
+        if label in chosen.index:
+            p = chosen.loc[label]
+            out.append(pd.DataFrame({"label": label, "method": p.method, "calibration_samples": p.calibration_samples,
+                                     "seed": p.calibration_seed, "sparsity": sparsity, "window": range(len(nll)),
+                                     "nll": nll, "ppl_ratio": p.perplexity_ratio}))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()

@@ -1,0 +1,216 @@
+"""The figures of notebook 03 (LLM-KICK), drawn from its tidy tables only.
+
+`headline` is `evidence_table` restricted to each task's primary scoring and indexed by (label, task); `points`
+is `kick_points`. Each function returns (figure, finding); n is in every panel title, intervals are 95%
+(paired bootstrap over examples for score differences, over windows for the perplexity ratio).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..plotting import ratio_axis, series_styles
+
+DENSE = "dense"
+
+
+def _bars(value, low, high):
+    value, low, high = (np.atleast_1d(np.asarray(x, dtype=float)) for x in (value, low, high))
+    return [np.clip(value - low, 0, None), np.clip(high - value, 0, None)]
+
+
+def _n(headline, task) -> int:
+    return int(headline.loc[(DENSE, task)].n)
+
+
+def baseline_figure(baseline, *, title: str):
+    """The dense model on every task: score with its 95% interval, chance marked, colour by status."""
+    import matplotlib.pyplot as plt
+
+    shown = baseline.assign(name=baseline.task + np.where(baseline.task == "mmlu", " · " + baseline.scoring.str.replace(
+        "_micro_accuracy", ""), "") + " (n=" + baseline.n.astype(str) + ")")
+    colors = {"above the floor": "tab:blue", "free text (no chance level)": "tab:green"}
+    fig, ax = plt.subplots(figsize=(8.5, 0.42 * len(shown) + 1.4))
+    y = np.arange(len(shown))[::-1]
+    for yy, row in zip(y, shown.itertuples()):
+        color = colors.get(row.status, "tab:red")
+        ax.errorbar([row.score], [yy], xerr=_bars(row.score, row.low, row.high), fmt="o", color=color, capsize=3)
+        if not row.status.startswith("free"):
+            ax.plot([row.chance], [yy], marker="|", ms=14, color="black")
+    ax.set_yticks(y, shown.name, fontsize="small")
+    ax.set(xlabel="dense score (accuracy; free text: ROUGE-L F1), 95% interval over examples; |: chance", xlim=(-0.02, 1.02))
+    for status, color in (*colors.items(), ("at the floor: untestable", "tab:red")):
+        ax.scatter([], [], color=color, label=status)
+    ax.legend(fontsize="x-small", loc="lower right")
+    fig.suptitle(title, x=0.01, ha="left", fontsize="small")
+    fig.tight_layout()
+    above = baseline[baseline.status == "above the floor"]
+    finding = ("Dense, above the floor: " + (", ".join(f"{r.task} {r.score:.3f} [{r.low:.3f}, {r.high:.3f}] (n={r.n})"
+                                                       for r in above.itertuples()) or "nothing") + "; at the floor: "
+               + (", ".join(sorted(set(baseline[baseline.status.str.startswith('at the floor')].task))) or "nothing") + ".")
+    return fig, finding
+
+
+def scores_figure(points, headline, tasks, *, title: str):
+    """Per panel one swept task (first panel: the perplexity ratio): the paired score difference from dense
+    against unstructured sparsity, one line per method, 0 at sparsity 0."""
+    import matplotlib.pyplot as plt
+
+    unstructured = points[(points.family == "pruning") & (points.pattern == "unstructured")
+                          & points.calibration_seed.eq(points.calibration_seed.min())]
+    methods = list(dict.fromkeys(unstructured.method))
+    styles = series_styles(methods)
+    fig, axes = plt.subplots(1, 1 + len(tasks), figsize=(4.3 * (1 + len(tasks)), 3.9), squeeze=False)
+    for ax, name in zip(axes[0], ["wikitext2", *tasks]):
+        for method in methods:
+            mine = unstructured[unstructured.method == method].sort_values("sparsity")
+            xs = [0.0, *mine.sparsity]
+            if name == "wikitext2":
+                ys = [1.0, *mine.perplexity_ratio]
+                ax.plot(xs, ys, marker=styles[method]["marker"], color=styles[method]["color"], label=method)
+            else:
+                rows = [headline.loc[(label, name)] for label in mine.index if (label, name) in headline.index]
+                ys = [0.0, *(r.difference for r in rows)]
+                ax.errorbar(xs[:len(ys)], ys, yerr=_bars(ys, [0.0, *(r.difference_low for r in rows)],
+                                                         [0.0, *(r.difference_high for r in rows)]),
+                            marker=styles[method]["marker"], color=styles[method]["color"], capsize=3, label=method)
+        if name == "wikitext2":
+            ax.set(yscale="log", ylabel="perplexity / dense (log axis)", title="WikiText-2 perplexity")
+            ax.axhline(3.0, color="tab:red", ls="--", lw=0.8)
+        else:
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.set(ylabel="score - dense (paired)", title=f"{name} (n={_n(headline, name)})")
+        ax.set_xlabel("unstructured sparsity")
+    axes[0][0].legend(fontsize="x-small")
+    fig.suptitle(title + " | 95% paired bootstrap over examples; dashed: the working threshold (3x)", x=0.01,
+                 ha="left", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def nm_figure(points, headline, tasks, *, title: str):
+    """N:M against unstructured at 50% per method: the perplexity ratio (plain-labelled log axis) and each
+    swept task's paired difference from dense, bars with 95% intervals."""
+    import matplotlib.pyplot as plt
+
+    half = points[(points.family == "pruning") & ((points.sparsity - 0.5).abs() < 1e-9)
+                  & points.calibration_seed.eq(points.calibration_seed.min())]
+    methods = list(dict.fromkeys(half[half.pattern != "unstructured"].method))
+    patterns = ["unstructured", *sorted(p for p in set(half.pattern) if p != "unstructured")]
+    fig, axes = plt.subplots(1, 1 + len(tasks), figsize=(3.9 * (1 + len(tasks)), 3.9), squeeze=False)
+    width = 0.8 / len(patterns)
+    for ax, name in zip(axes[0], ["wikitext2", *tasks]):
+        for k, pattern in enumerate(patterns):
+            xs, ys, lows, highs = [], [], [], []
+            for i, method in enumerate(methods):
+                match = half[(half.method == method) & (half.pattern == pattern)]
+                if match.empty:
+                    continue
+                label = match.index[0]
+                if name == "wikitext2":
+                    y = lo = hi = match.perplexity_ratio.iloc[0]
+                elif (label, name) in headline.index:
+                    r = headline.loc[(label, name)]
+                    y, lo, hi = r.difference, r.difference_low, r.difference_high
+                else:
+                    continue
+                xs.append(i + (k - (len(patterns) - 1) / 2) * width), ys.append(y), lows.append(lo), highs.append(hi)
+            ax.bar(xs, ys, width, yerr=_bars(ys, lows, highs), capsize=3, label=pattern, color=f"C{k}")
+        ax.set_xticks(range(len(methods)), methods)
+        if name == "wikitext2":
+            ax.set(yscale="log", ylabel="perplexity / dense (log axis)", title="WikiText-2 perplexity")
+            from matplotlib.ticker import FuncFormatter
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        else:
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.set(ylabel="score - dense (paired)", title=f"{name} (n={_n(headline, name)})")
+    axes[0][0].legend(fontsize="x-small")
+    fig.suptitle(title + " | 50% sparsity: N:M vs unstructured, 95% paired bootstrap over examples", x=0.01,
+                 ha="left", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def storage_figure(points, headline, tasks, *, title: str):
+    """Quantized against pruned points at their bits per weight (the one storage model): the perplexity ratio
+    and each swept task's paired difference from dense; marker by family, no text on the canvas."""
+    import matplotlib.pyplot as plt
+
+    shown = points[(points.index != DENSE) & points.calibration_seed.fillna(0).eq(points.calibration_seed.min())]
+    kinds = {"pruning, unstructured": ("o", "tab:blue"), "pruning, N:M": ("^", "tab:green"),
+             "quantization": ("s", "tab:orange")}
+    kind = np.where(shown.family == "quantization", "quantization",
+                    np.where(shown.pattern == "unstructured", "pruning, unstructured", "pruning, N:M"))
+    fig, axes = plt.subplots(1, 1 + len(tasks), figsize=(4.2 * (1 + len(tasks)), 3.9), squeeze=False)
+    for ax, name in zip(axes[0], ["wikitext2", *tasks]):
+        for family, (marker, color) in kinds.items():
+            part = shown[kind == family]
+            if name == "wikitext2":
+                ax.scatter(part.bits_per_weight, part.perplexity_ratio, marker=marker, color=color, label=family)
+                continue
+            rows = [(label, headline.loc[(label, name)]) for label in part.index if (label, name) in headline.index]
+            if rows:
+                x = [part.bits_per_weight[label] for label, _ in rows]
+                y = [r.difference for _, r in rows]
+                ax.errorbar(x, y, yerr=_bars(y, [r.difference_low for _, r in rows], [r.difference_high for _, r in rows]),
+                            fmt=marker, color=color, capsize=2, label=family)
+        if name == "wikitext2":
+            ax.set(yscale="log", ylabel="perplexity / dense (log axis)", title="WikiText-2 perplexity")
+        else:
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.set(ylabel="score - dense (paired)", title=f"{name} (n={_n(headline, name)})")
+        ax.set_xlabel("bits per weight (decoder linears)")
+    axes[0][0].legend(fontsize="x-small")
+    fig.suptitle(title + " | equal storage: one storage model for pruned and quantized weights", x=0.01, ha="left",
+                 fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def calibration_figure(calibration, *, title: str):
+    """WikiText-2 perplexity per calibration count (from the "calibration" frame's per-window NLL): each seed a
+    dot, the seeds' mean a line, one colour per method."""
+    import matplotlib.pyplot as plt
+
+    per_run = calibration.groupby(["method", "calibration_samples", "seed"]).nll.mean().reset_index()
+    per_run["perplexity"] = np.exp(per_run.nll)
+    styles = series_styles(list(dict.fromkeys(per_run.method)))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for method, rows in per_run.groupby("method", sort=False):
+        ax.scatter(rows.calibration_samples, rows.perplexity, color=styles[method]["color"], alpha=0.5, s=14)
+        means = rows.groupby("calibration_samples").perplexity.mean()
+        ax.plot(means.index, means.values, color=styles[method]["color"], marker=styles[method]["marker"], label=method)
+    ax.set(xscale="log", xlabel="calibration sequences (log axis)", ylabel="WikiText-2 perplexity")
+    ax.set_xticks(sorted(per_run.calibration_samples.unique()), [f"{s:g}" for s in sorted(per_run.calibration_samples.unique())])
+    ax.minorticks_off()
+    ax.legend(fontsize="x-small")
+    seeds = per_run.seed.nunique()
+    fig.suptitle(title + f"\ndots: {seeds} calibration seeds; line: their mean", x=0.01, ha="left", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def perplexity_figure(points, headline, tasks, *, title: str):
+    """Per swept task: each point's perplexity ratio against its paired task difference, coloured by family;
+    points at matched perplexity but different task damage are what KI7 tests."""
+    import matplotlib.pyplot as plt
+
+    shown = points[(points.index != DENSE) & points.perplexity_ratio.notna()]
+    fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(4.8 * max(len(tasks), 1), 4.0), squeeze=False)
+    colors = {"pruning": "tab:blue", "quantization": "tab:orange"}
+    for ax, name in zip(axes[0], tasks):
+        rows = [(label, headline.loc[(label, name)]) for label in shown.index if (label, name) in headline.index]
+        for family, color in colors.items():
+            part = [(label, r) for label, r in rows if shown.family[label] == family]
+            if part:
+                x = [shown.perplexity_ratio[label] for label, _ in part]
+                y = [r.difference for _, r in part]
+                ax.errorbar(x, y, yerr=_bars(y, [r.difference_low for _, r in part], [r.difference_high for _, r in part]),
+                            fmt="o", color=color, capsize=2, label=family)
+        ax.axhline(0, color="grey", lw=0.8)
+        ratio_axis(ax)
+        ax.set(xlabel="perplexity / dense", ylabel="score - dense (paired)", title=f"{name} (n={_n(headline, name)})")
+        ax.legend(fontsize="x-small")
+    fig.suptitle(title + " | 95% paired bootstrap over examples", x=0.01, ha="left", fontsize="small")
+    fig.tight_layout()
+    return fig
