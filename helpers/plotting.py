@@ -96,36 +96,6 @@ def save_figure(fig, name: str, output_dir: str | Path, table, *, finding: str |
 
 # the one list of verdicts (helpers.claims.rules decides them; their meanings are written there)
 VERDICTS = ("reproduced", "partly", "not reproduced", "inconclusive", "untestable here")
-VERDICT_COLUMNS = ("claim", "measured", "verdict", "why")
-
-
-def save_verdicts(rows, name: str, output_dir: str | Path, *, title: str, protocol: Any = None) -> Path:
-    """Write a notebook's verdict table as `<output_dir>/<name>.md` (markdown), for figures/SUMMARY.md.
-
-    rows: dicts with `claim`, `measured` (the numbers, with n and intervals), `verdict` (one of
-    VERDICTS) and `why` (what limits it). Returns the path; the table is also what the notebook shows."""
-    rows = list(rows)
-    if "_verdicts" not in name or "/" in name or name.endswith(".md"):
-        raise ValueError(f"verdict table name={name!r}; expected a bare name with '_verdicts' in it, e.g. "
-                         "'04_verdicts' or, for a second run, '04_verdicts_gemma3'.")
-    for row in rows:
-        missing = [c for c in VERDICT_COLUMNS if not str(row.get(c, "")).strip()]
-        if missing or row["verdict"] not in VERDICTS:
-            raise ValueError(f"verdict row {row!r}: needs non-empty {list(VERDICT_COLUMNS)} and a verdict among "
-                             f"{VERDICTS} (missing or empty: {missing}).")
-    clean = lambda text: " ".join(str(text).split()).replace("|", "/")  # noqa: E731 (one table cell)
-    lines = [f"### {title}", ""]
-    if protocol is not None:
-        lines += [f"*Protocol:* {describe_protocol(protocol)}.", ""]
-    lines += ["| claim | measured | verdict | why / limits |", "|---|---|---|---|"]
-    lines += [f"| {clean(r['claim'])} | {clean(r['measured'])} | **{r['verdict']}** | {clean(r['why'])} |" for r in rows]
-    folder = Path(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
 def ratio_axis(ax) -> None:
     """The x axis of ratios, called after plotting: a log axis with plain tick labels (0.5, 1, 2) when the data
     span a factor of 4 or more, else a linear axis (a log axis over 0.9-1.2 would show one tick)."""

@@ -147,21 +147,19 @@ def test_summary_lists_figures_without_findings(tmp_path):
 
 
 def test_summary_carries_the_verdict_tables(tmp_path):
-    from helpers.plotting import save_verdicts
+    import pandas as pd
+
+    from helpers.claims.board import record_verdicts
 
     (tmp_path / "a.png").write_bytes(b"")
-    save_verdicts([{"claim": "x beats y", "measured": "ratio 0.9 [0.8, 1.0], n = 64", "verdict": "partly",
-                    "why": "one seed | small model"}], "04_verdicts", tmp_path, title="04 scheduler")
+    flat = pd.DataFrame({"label": "wanda 50%", "window": range(8), "early_bin_kl": 0.2, "late_bin_kl": 0.2,
+                         "ppl_ratio": 1.3, "family": "pruning", "method": "wanda", "sparsity": 0.5})
+    record_verdicts({"context_growth": flat}, ("LC2",), "01_verdicts", tmp_path, tmp_path / "committed", title="01 run")
     text = rp.write_summary(tmp_path, "cpu").read_text()
-    assert "## Verdicts" in text and "| x beats y | ratio 0.9 [0.8, 1.0], n = 64 | **partly** | one seed / small model |" in text
-    assert "04_verdicts" not in text.split("## Verdicts")[0]  # a verdict table is not listed as a figure
-    with pytest.raises(ValueError, match="verdict among"):
-        save_verdicts([{"claim": "c", "measured": "m", "verdict": "maybe", "why": "w"}], "04_verdicts", tmp_path,
-                      title="t")
-    save_verdicts([], "04_verdicts_gemma3", tmp_path, title="second run")  # a run name after it is fine
+    assert "## Verdicts" in text and "### 01 run" in text and "| LC2 | pruning (magnitude, Wanda) stays flat" in text
+    assert "**reproduced**" in text and "01_verdicts" not in text.split("## Verdicts")[0]  # not listed as a figure
+    record_verdicts({}, ("LC2",), "01_verdicts_gemma3", tmp_path, tmp_path / "committed", title="second run")
     assert "### second run" in rp.write_summary(tmp_path, "cpu").read_text()
-    with pytest.raises(ValueError, match="_verdicts"):
-        save_verdicts([], "04_table", tmp_path, title="t")
 
 
 def test_notebook_defaults_agree_with_papermill_on_every_committed_notebook():

@@ -496,10 +496,10 @@ def write_summary(figures_dir: Path, profile: str) -> Path:
         lines.append(f"- [{png.name}]({png.name}){table}: {finding}")
     if not pngs:
         lines.append("*No figures yet.*")
-    verdicts = sorted(figures_dir.glob("*_verdicts*.md"))  # helpers.plotting.save_verdicts
+    verdicts = sorted(figures_dir.glob("*_verdicts*.md"))  # helpers.claims.board.record_verdicts
     if verdicts:
         lines += ["", "## Verdicts", "", "Each table is computed by its notebook from the numbers above "
-                  "(`helpers.plotting.save_verdicts`).", ""]
+                  "(`helpers.claims.board.record_verdicts`).", ""]
         for note in verdicts:
             lines += [note.read_text(encoding="utf-8").strip(), ""]
     path = figures_dir / "SUMMARY.md"
