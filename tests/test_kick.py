@@ -104,6 +104,22 @@ def test_sweep_records_every_task_beside_perplexity_and_skips_recorded_points(tm
     assert latest_frame(table, model="tiny-llama", protocol=protocol).query("label == 'magnitude 30%' and metric == 'agreement'") \
         .shape[0] == 1
 
+    # The claims board's frames: one row per (compressed point, task, example), paired with the dense score.
+    from helpers.experiments.kick import calibration_frame, claim_task_kind, kick_points, task_frame, task_roles
+    points = kick_points(frame)
+    assert points.perplexity_ratio["dense"] == 1.0 and points.sparsity["magnitude 50%"] == 0.5
+    scores = task_frame(frame, tasks, tmp_path / "records", points)
+    assert len(scores) == 2 * 2 * 2 and set(scores.label) == {"magnitude 0%", "magnitude 50%"}
+    unchanged_rows = scores[scores.label == "magnitude 0%"]
+    assert (unchanged_rows.score == unchanged_rows.dense_score).all()           # no weight changed: same answers
+    assert set(scores.task_kind) == {"retrieval", "knowledge"} and (scores[scores.task == "mmlu"].chance == tasks[1].chance).all()
+    assert [claim_task_kind(t) for t in tasks] == ["retrieval", "knowledge"]
+    baseline = evidence_table(frame[frame.label == "dense"], tasks, tmp_path / "records")
+    marked, swept, focused = task_roles(baseline, tasks, sweep_tasks=["kv"], focus=["mmlu"])
+    assert swept == ["kv"] and set(marked.role) <= {"swept at every point", "at the floor: untestable on this model",
+                                                    "dense + focus points", "dense only"}
+    assert calibration_frame(frame, points, sparsity=0.5).empty               # magnitude: no calibration
+
 
 def test_task_settings_are_checked():
     with pytest.raises(ValueError, match="kind='nope'"):

@@ -298,19 +298,23 @@ def _damage_matched(claim: Claim, rows, setting: str, *, by: str = "method") -> 
     return keep, skipped
 
 
+def _at_fifty_percent(claim: Claim, rows, regime: str):
+    """The rows of a claim made at 50% sparsity: nominal, sparsity 0.5; damage-matched, per method the label
+    `_damage_matched` picks. Returns (rows, skipped points)."""
+    if regime == "nominal":
+        return rows[np.abs(rows["sparsity"].astype(float) - 0.5) < 1e-9], []
+    keep, skipped = _damage_matched(claim, rows, "50%")
+    return rows[rows["label"].isin(keep)], skipped
+
+
 def decide_lc2(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
     """LC2, pruning stays flat. Frame "context_growth" (as LC1) plus family, method, sparsity: pruned
     variants other than random (LC4's). Nominal: unstructured 50%, the paper's setting; damage-matched: per
     method the sparsity whose perplexity ratio is nearest the published 50% ratio on `claim.damage_reference`.
     Per variant, the late/early KL ratio's interval within FLAT_MARGIN [0.9, 1.1]; every variant."""
     _require(frame, (*GROWTH_COLUMNS, "family", "method", "sparsity"), claim)
-    pruned = frame[(frame["family"] == "pruning") & (frame["method"] != "random")]
-    skipped = []
-    if regime == "nominal":
-        pruned = pruned[np.abs(pruned["sparsity"].astype(float) - 0.5) < 1e-9]
-    else:
-        keep, skipped = _damage_matched(claim, pruned, "50%")
-        pruned = pruned[pruned["label"].isin(keep)]
+    pruned, skipped = _at_fifty_percent(claim, frame[(frame["family"] == "pruning") & (frame["method"] != "random")],
+                                        regime)
     points = [_growth_point(claim, str(label), rows) for label, rows in pruned.groupby("label", sort=False)]
     return _decide(claim, points + skipped, frame, regime, f"{regime} pruning (not random) at 50%")
 
@@ -589,12 +593,7 @@ def decide_ki5(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
     _require(frame, (*TASK_COLUMNS, "family", "method", "pattern", "sparsity", "task_kind"), claim)
     rows = frame[(frame["family"] == "pruning") & (frame["pattern"] == "unstructured")
                  & frame["task_kind"].isin(["retrieval", "summarization"])]
-    skipped = []
-    if regime == "nominal":
-        rows = rows[np.abs(rows["sparsity"].astype(float) - 0.5) < 1e-9]
-    else:
-        keep, skipped = _damage_matched(claim, rows, "50%")
-        rows = rows[rows["label"].isin(keep)]
+    rows, skipped = _at_fifty_percent(claim, rows, regime)
     points = []
     for (label, task), group in rows.groupby(["label", "task"], sort=False):
         dense, score = group["dense_score"].to_numpy(float), group["score"].to_numpy(float)

@@ -22,6 +22,18 @@ def _n(headline, task) -> int:
     return int(headline.loc[(DENSE, task)].n)
 
 
+def _task_axis(ax, headline, name: str) -> None:
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(ylabel="score - dense (paired)", title=f"{name} (n={_n(headline, name)})")
+
+
+def _finish(fig, axes, title: str, note: str):
+    axes[0][0].legend(fontsize="x-small")
+    fig.suptitle(title + " | " + note, x=0.01, ha="left", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
 def baseline_figure(baseline, *, title: str):
     """The dense model on every task: score with its 95% interval, chance marked, colour by status."""
     import matplotlib.pyplot as plt
@@ -77,14 +89,9 @@ def scores_figure(points, headline, tasks, *, title: str):
             ax.set(yscale="log", ylabel="perplexity / dense (log axis)", title="WikiText-2 perplexity")
             ax.axhline(3.0, color="tab:red", ls="--", lw=0.8)
         else:
-            ax.axhline(0, color="grey", lw=0.8)
-            ax.set(ylabel="score - dense (paired)", title=f"{name} (n={_n(headline, name)})")
+            _task_axis(ax, headline, name)
         ax.set_xlabel("unstructured sparsity")
-    axes[0][0].legend(fontsize="x-small")
-    fig.suptitle(title + " | 95% paired bootstrap over examples; dashed: the working threshold (3x)", x=0.01,
-                 ha="left", fontsize="small")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes, title, "95% paired bootstrap over examples; dashed: the working threshold (3x)")
 
 
 def nm_figure(points, headline, tasks, *, title: str):
@@ -122,13 +129,8 @@ def nm_figure(points, headline, tasks, *, title: str):
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
         else:
-            ax.axhline(0, color="grey", lw=0.8)
-            ax.set(ylabel="score - dense (paired)", title=f"{name} (n={_n(headline, name)})")
-    axes[0][0].legend(fontsize="x-small")
-    fig.suptitle(title + " | 50% sparsity: N:M vs unstructured, 95% paired bootstrap over examples", x=0.01,
-                 ha="left", fontsize="small")
-    fig.tight_layout()
-    return fig
+            _task_axis(ax, headline, name)
+    return _finish(fig, axes, title, "50% sparsity: N:M vs unstructured, 95% paired bootstrap over examples")
 
 
 def storage_figure(points, headline, tasks, *, title: str):
@@ -157,14 +159,9 @@ def storage_figure(points, headline, tasks, *, title: str):
         if name == "wikitext2":
             ax.set(yscale="log", ylabel="perplexity / dense (log axis)", title="WikiText-2 perplexity")
         else:
-            ax.axhline(0, color="grey", lw=0.8)
-            ax.set(ylabel="score - dense (paired)", title=f"{name} (n={_n(headline, name)})")
+            _task_axis(ax, headline, name)
         ax.set_xlabel("bits per weight (decoder linears)")
-    axes[0][0].legend(fontsize="x-small")
-    fig.suptitle(title + " | equal storage: one storage model for pruned and quantized weights", x=0.01, ha="left",
-                 fontsize="small")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes, title, "equal storage: one storage model for pruned and quantized weights")
 
 
 def calibration_figure(calibration, *, title: str):
