@@ -175,3 +175,13 @@ def test_a_calibration_that_cannot_be_drawn_is_refused_before_the_dense_pass(tmp
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_every_variant_spec_key_has_one_flag_and_every_flag_is_a_spec_key():
+    from helpers.experiments.core import SPEC_KEYS
+    from helpers.running.cli import SPEC_OPTIONS
+
+    flags = [key for options in SPEC_OPTIONS.values() for _, key, _, _ in options]
+    assert len(flags) == len(set(flags))
+    # label / family name a notebook's curves; seed is the run's own --seed (calibration and random pruning)
+    assert set(flags) == SPEC_KEYS - {"label", "family", "seed"}, "the CLI and parse_variant must know the same keys"

@@ -157,25 +157,13 @@ def choice_total_variation(dense_records: Sequence[dict], records: Sequence[dict
 
 # --------------------------------------------------------------------------- per-example scores and intervals
 # per task kind: primary aggregate -> the per-example record field it is the mean of
-EXAMPLE_FIELDS = {"factoid": {"accuracy": "hit"}, "kv_retrieval": {"accuracy": "hit"},
-                  "retrieval_qa": {"contains": "contains", "exact_match": "exact"}}
 # free-form kinds: primary "rouge/<type>" is the mean over examples of ROUGE F1 of the generation vs the reference
 FREE_FORM_PRIMARY = re.compile(r"^rouge/(rouge1|rouge2|rougeL)$")
 
 
 def example_field(kind: str, primary: str) -> str:
-    """The record field whose mean over examples is the aggregate `primary` of a task kind."""
-    if kind == "mmlu":
-        scoring = primary.split("_micro_accuracy")[0]
-        if not primary.endswith("_micro_accuracy"):
-            raise ValueError(f"MMLU primary {primary!r}: per-example scores exist for '<scoring>_micro_accuracy' only.")
-        return f"{scoring}_correct"
-    fields = EXAMPLE_FIELDS.get(kind, {})
-    if primary not in fields:
-        raise ValueError(f"task kind {kind!r} with primary {primary!r} has no per-example score here (known: "
-                         f"{ {k: sorted(v) for k, v in EXAMPLE_FIELDS.items()} } and MMLU); free-form tasks are "
-                         "scored per example by their judges.")
-    return fields[primary]
+    """The record field whose mean over examples is the aggregate `primary` of a task kind (the kind says)."""
+    return task_kind(kind).example_field(primary)
 
 
 def example_scores(kind: str, primary: str, records: Sequence[dict]) -> list[float]:
@@ -393,18 +381,13 @@ def point_records(frame, task: KickTask, records_dir: str | Path) -> dict[str, l
 
 
 def task_scorings(task: KickTask) -> list[str]:
-    """The aggregates of a task that have per-example scores: MMLU one per scoring, else the primary."""
-    if task.kind == "mmlu":
-        scorings = getattr(task.settings, "scorings", None) or ("loglik",)
-        return [f"{name}_micro_accuracy" for name in scorings]
-    return [task.score_key]
+    """The aggregates of a task that have per-example scores (the kind says: MMLU one per scoring)."""
+    return task.task_kind.scorings(task.settings)
 
 
 def answer_field_for(task: KickTask, scoring: str) -> str:
-    """The record field compared with the dense answer under `scoring` (MMLU: that scoring's prediction)."""
-    if task.kind == "mmlu":
-        return f"{scoring.split('_micro_accuracy')[0]}_prediction"
-    return task.answer_field
+    """The record field compared with the dense answer under `scoring` (the kind says)."""
+    return task.task_kind.answer_field_for(scoring)
 
 
 def evidence_table(frame, tasks: Sequence[KickTask], records_dir: str | Path, *, confidence: float = 0.95,

@@ -131,9 +131,11 @@ SPEC_OPTIONS = {
         ("--activation-bits", "activation_bits", int, "fake-quantize every decoder linear's input (W4A8: --method "
                                                       "rtn --bits 4 --activation-bits 8)"),
         ("--activation-granularity", "activation_granularity", str, "per_token (default) | per_tensor"),
+        ("--activation-symmetric", "activation_symmetric", bool, "symmetric activation grid (default: asymmetric)"),
         ("--kv-bits", "kv_bits", int, "fake-quantize keys and values (pre-RoPE, on k_proj / v_proj outputs)"),
         ("--kv-granularity", "kv_granularity", str, "per_token_head (default) | per_channel"),
         ("--kv-token-group-size", "kv_token_group_size", int, "per_channel: tokens sharing one grid (default 128)"),
+        ("--kv-symmetric", "kv_symmetric", bool, "symmetric key / value grid (default: asymmetric)"),
     ],
     "layer-wise sparsity schedule (helpers.compression.schedules)": [
         ("--schedule", "schedule", str, "uniform | owl | hessian: spread --sparsity over the layers from one "

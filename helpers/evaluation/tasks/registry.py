@@ -9,12 +9,15 @@ lm-evaluation-harness keeps tasks apart from the evaluator; so does this registr
     register_task_kind(TaskKind("my_task", evaluate_my_task, primary="accuracy", answer_field="generation"))
 
 A free-form kind (free_form=True) also takes `judges=` and `judgements_path=`; its answers are
-compared with the dense model's by ROUGE-L instead of exact agreement.
+compared with the dense model's by ROUGE-L instead of exact agreement. A kind also says which record field
+holds each aggregate's per-example score (`example_fields`), or, scored several ways (`per_scoring`, MMLU),
+that its aggregates are "<scoring>_micro_accuracy" for the settings' `scorings`, with per-example fields
+"<scoring>_correct" and answers "<scoring>_prediction": whoever compares points asks the kind.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
 
 from .factoid import evaluate_factoid_qa
 from .freeform import evaluate_instruction_following, evaluate_summarization
@@ -31,6 +34,34 @@ class TaskKind:
     answer_field: str             # the record field compared with the dense model's answer on the same example
     free_form: bool = False       # free text: judged (judges=, judgements_path=) and compared by ROUGE-L
     choices_field: str | None = None  # per-choice log-likelihoods in each record (distribution distance)
+    example_fields: Mapping[str, str] = field(default_factory=dict)  # aggregate -> its per-example record field
+    per_scoring: bool = False     # scored several ways: aggregates "<scoring>_micro_accuracy" (settings.scorings)
+
+    def scorings(self, settings=None) -> list[str]:
+        """The aggregates with per-example scores: one per scoring of `settings`, else the primary."""
+        if self.per_scoring:
+            names = getattr(settings, "scorings", None) or (self.scoring_of(self.primary),)
+            return [f"{name}_micro_accuracy" for name in names]
+        return [self.primary]
+
+    @staticmethod
+    def scoring_of(aggregate: str) -> str:
+        if not aggregate.endswith("_micro_accuracy"):
+            raise ValueError(f"aggregate {aggregate!r}: per-example scores exist for '<scoring>_micro_accuracy' only.")
+        return aggregate.removesuffix("_micro_accuracy")
+
+    def example_field(self, aggregate: str) -> str:
+        """The record field whose mean over examples is `aggregate`."""
+        if self.per_scoring:
+            return f"{self.scoring_of(aggregate)}_correct"
+        if aggregate not in self.example_fields:
+            raise ValueError(f"task kind {self.name!r} with primary {aggregate!r} has no per-example score (known: "
+                             f"{sorted(self.example_fields)}); free-form tasks are scored per example by their judges.")
+        return self.example_fields[aggregate]
+
+    def answer_field_for(self, aggregate: str) -> str:
+        """The record field compared with the dense answer under `aggregate` (per scoring: its prediction)."""
+        return f"{self.scoring_of(aggregate)}_prediction" if self.per_scoring else self.answer_field
 
     def run(self, model, tokenizer, examples, settings=None, *, records_path=None, context=None, judges=None,
             judgements_path=None):
@@ -60,10 +91,13 @@ def task_kind(name: str) -> TaskKind:
 
 
 register_task_kind(TaskKind("mmlu", evaluate_mmlu, primary="loglik_micro_accuracy", answer_field="loglik_prediction",
-                            choices_field="loglik"))
-register_task_kind(TaskKind("factoid", evaluate_factoid_qa, primary="accuracy", answer_field="generation"))
-register_task_kind(TaskKind("retrieval_qa", evaluate_retrieval_qa, primary="contains", answer_field="answer"))
-register_task_kind(TaskKind("kv_retrieval", evaluate_kv_retrieval, primary="accuracy", answer_field="generation"))
+                            choices_field="loglik", per_scoring=True))
+register_task_kind(TaskKind("factoid", evaluate_factoid_qa, primary="accuracy", answer_field="generation",
+                            example_fields={"accuracy": "hit"}))
+register_task_kind(TaskKind("retrieval_qa", evaluate_retrieval_qa, primary="contains", answer_field="answer",
+                            example_fields={"contains": "contains", "exact_match": "exact"}))
+register_task_kind(TaskKind("kv_retrieval", evaluate_kv_retrieval, primary="accuracy", answer_field="generation",
+                            example_fields={"accuracy": "hit"}))
 register_task_kind(TaskKind("summarization", evaluate_summarization, primary="rouge/rougeL", answer_field="generation",
                             free_form=True))
 register_task_kind(TaskKind("instruction_following", evaluate_instruction_following, primary="rouge/rougeL",
