@@ -114,7 +114,8 @@ def test_no_big_or_data_files_tracked():
         path = REPO / name
         if path.is_file() and path.stat().st_size > MAX_TRACKED_BYTES:
             big.append(f"{name} ({path.stat().st_size / 2**20:.1f} MiB)")
-        committed_run = re.fullmatch(r"results/committed/\d\d_verdicts[\w.-]*/(rows\.jsonl|\w+\.csv)\.gz", name)
+        committed_run = re.fullmatch(r"results/committed/\d\d_verdicts[\w.-]*/(rows\.jsonl|\w+\.csv|records/[\w.-]+\.jsonl)\.gz",
+                                     name)
         if not name.startswith("tests/") and not committed_run and re.search(
                 r"\.(gguf|parquet|safetensors|bin|pt|pth|ckpt|jsonl|jsonl\.gz|story)$", name):
             data.append(name)

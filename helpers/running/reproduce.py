@@ -243,7 +243,11 @@ def _results_recorded(notebook: Path, parameters: dict, cwd: Path) -> bool:
 def committed_rows(notebook: Path, parameters: dict, repo_root: Path = REPO_ROOT) -> Path:
     """Where the run these parameters make keeps its frozen rows: results/committed/<NN>_verdicts[_<run_name>]/
     rows.jsonl.gz (the notebooks name a run's outputs after `run_name`; the profile's default run has none)."""
-    run_name = parameters.get("run_name", notebook_defaults(notebook).get("run_name", ""))
+    defaults = notebook_defaults(notebook)
+    run_name = parameters.get("run_name", defaults.get("run_name", ""))
+    model = str(parameters.get("model", defaults.get("model", "")))
+    if not run_name and model != defaults.get("model"):  # the notebooks' rule: another model names its own run
+        run_name = model.rstrip("/").split("/")[-1].lower()
     name = f"{notebook.stem[:2]}_verdicts" + (f"_{run_name}" if run_name else "")
     return Path(repo_root) / "results" / "committed" / name / "rows.jsonl.gz"
 
@@ -257,8 +261,13 @@ def seed_results(notebook: Path, parameters: dict, cwd: Path, frozen: list[Path]
     if not results:
         raise ValueError(f"{notebook.name} declares no results_path, so committed rows have nowhere to go.")
     table = ResultsTable(cwd / results)
+    records = parameters.get("records_dir", notebook_defaults(notebook).get("records_dir"))
     for path in frozen:
         log(f"{table.seed(path)} rows seeded from {path.parent.name}")
+        if records and (path.parent / "records").is_dir():  # a task notebook's answers (experiments.kick)
+            from ..experiments.kick import seed_records
+
+            log(f"{seed_records(path.parent / 'records', cwd / records)} task records seeded from {path.parent.name}")
 
 
 def is_up_to_date(notebook: Path, output: Path, parameters: dict, cwd: Path) -> bool:
