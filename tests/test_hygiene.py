@@ -1,5 +1,6 @@
 """Committed notebooks are shareable: no machine paths, secrets or host names; runnable metadata;
 a `parameters` cell; outputs present where CI compares them; no big or data files tracked."""
+import json
 import re
 import socket
 import subprocess
@@ -122,3 +123,20 @@ def test_no_big_or_data_files_tracked():
     assert not big, f"files over {MAX_TRACKED_BYTES >> 20} MiB are tracked (data and weights live outside the repo): {big}"
     assert not data, (f"data or weight files are tracked (shared/data/ and results/ are not committed, except a "
                       f"committed run's frozen rows and frames under results/committed/NN_verdicts*/): {data}")
+
+
+@each
+def test_a_notebook_is_a_short_script_whose_prose_quotes_printed_numbers(path):
+    nb = read(path)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    lines = [len(c.source.splitlines()) for c in code]
+    assert sum(lines) <= 250 and max(lines) <= 40, \
+        f"{path.name}: {sum(lines)} lines of code, longest cell {max(lines)} (at most 250 and 40: move analysis to helpers)"
+    defined = [c.source.split("def ", 1)[1].split("(")[0] for c in code if re.search(r"^\s*def ", c.source, re.M)]
+    assert not defined, f"{path.name} defines {defined}: functions belong in helpers/, with tests"
+    printed = "".join("".join(o.get("text", "")) + json.dumps(o.get("data", {})) for c in code for o in c.get("outputs", []))
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.source.startswith("## What the numbers show"):
+            quoted = re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", cell.source)
+            unprinted = [number for number in quoted if number not in printed]
+            assert not unprinted, f"{path.name}: its prose quotes {unprinted}, which no output printed"

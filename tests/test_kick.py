@@ -119,6 +119,14 @@ def test_sweep_records_every_task_beside_perplexity_and_skips_recorded_points(tm
     assert swept == ["kv"] and set(marked.role) <= {"swept at every point", "at the floor: untestable on this model",
                                                     "dense + focus points", "dense only"}
     assert calibration_frame(frame, points, sparsity=0.5).empty               # magnitude: no calibration
+    # Frozen answers (no prompts) rebuild the same evidence in a fresh records folder, once.
+    from helpers.experiments.kick import freeze_records, seed_records
+    written = freeze_records(frame, tmp_path / "records", tmp_path / "frozen")
+    assert written == 3 * 2 * 2 and seed_records(tmp_path / "frozen", tmp_path / "again") == written
+    assert seed_records(tmp_path / "frozen", tmp_path / "again") == 0
+    assert "prompt" not in (tmp_path / "again" / "kv.jsonl").read_text()
+    rebuilt = evidence_table(frame, tasks, tmp_path / "again").set_index(["label", "task", "scoring"])
+    assert rebuilt[["score", "n"]].equals(evidence[["score", "n"]])
 
 
 def test_task_settings_are_checked():
