@@ -49,7 +49,7 @@ def test_the_paper_profile_runs_end_to_end_on_stand_in_models(tmp_path):
         parameters = outcome["parameters"]
         assert parameters["model"] == PROFILES[stem]["paper"]["model"] and parameters["dtype"] == "float16"
         assert parameters["device"] == "cpu"
-    assert outcomes["03_llm_kick"]["parameters"]["mmlu_shots"] == 5
+    assert outcomes["03_llm_kick"]["parameters"]["task_settings"]["mmlu_shots"] == 5
     assert outcomes["01_context_length_kl"]["parameters"]["model"] == "togethercomputer/LLaMA-2-7B-32K"
     # the GPT-4 judge's path ran against the stand-in server, and the hub ids were served by the stand-in cache
     answered = [line for line in completed.stdout.splitlines() if "stand-in judge answered" in line]

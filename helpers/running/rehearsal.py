@@ -41,17 +41,23 @@ CUTS: dict[str, dict] = {
                              "calibration_seq_len": 64, "simulation_positions": 128},
     "02_outlier_protection": {"max_context": 128, "n_windows": 2, "smallest_context": 16, "calibration_samples": 4,
                               "calibration_seq_len": 64},
-    "03_llm_kick": {"eval_seq_len": 64, "eval_windows": 2, "mmlu_examples": 3, "freebaseqa_examples": 3,
-                    "triviaqa_examples": 3, "nq_closed_examples": 3, "nq_open_examples": 3, "passage_chars": 200,
-                    "short_answer_tokens": 4, "kv_examples": 2, "kv_pairs": 2, "kv_long_pairs": 3, "kv_new_tokens": 8,
-                    "summarization_examples": 2, "summary_article_tokens": 48, "summary_new_tokens": 8,
-                    "instruction_examples": 2, "instruction_new_tokens": 8, "calibration_samples": 4,
-                    "calibration_seq_len": 32, "ablation_samples": [2, 4, 8],
+    "03_llm_kick": {"eval_seq_len": 64, "eval_windows": 2,
+                    "task_counts": {"mmlu_examples": 3, "freebaseqa_examples": 3, "triviaqa_examples": 3,
+                                    "nq_closed_examples": 3, "nq_open_examples": 3, "kv_examples": 2,
+                                    "summarization_examples": 2, "instruction_examples": 2},
+                    "task_settings": {"mmlu_shots": 5, "mmlu_scorings": ["generate", "loglik", "cloze"],
+                                      "passage_chars": 200, "short_answer_tokens": 4, "kv_pairs": 2, "kv_long_pairs": 3,
+                                      "kv_new_tokens": 8, "summary_article_tokens": 48, "summary_new_tokens": 8,
+                                      "instruction_new_tokens": 8},
+                    "calibration_samples": 4, "calibration_seq_len": 32, "ablation_samples": [2, 4, 8],
+                    "ablation_seeds": [0, 1],
                     # a random model is at the floor everywhere: name the swept tasks so every cell runs
                     "sweep_tasks": ["freebaseqa", "nq_open_book"],
                     "focus_tasks": ["kv_retrieval", "summarization", "instruction_following"]},
     "04_hessian_scheduler": {"calibration_count": 4, "calibration_seq_len": 32, "eval_seq_len": 64, "max_windows": 2,
-                             "threads": 1},
+                             "threads": 1, "seeds": [0, 1],
+                             # a random stand-in's perplexity does not rise with sparsity: no damage ladder to read
+                             "target_ratios": []},
 }
 STAND_IN_VOCAB = 384          # byte-level BPE trained on a slice of WikiText-2
 STAND_IN_COMMIT = "0" * 40    # the snapshot name the cache's refs/main points to
