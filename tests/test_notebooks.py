@@ -17,6 +17,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
 from helpers.running.reproduce import PROFILES, find_notebooks, profile_parameters
@@ -29,7 +30,7 @@ TINY_BUDGET_SECONDS = 240
 
 def tiny_copy(notebook: Path) -> Path:
     """The notebook with tiny-profile parameters injected (committed outputs kept) under build/nbval."""
-    nb = nbformat.read(str(notebook), as_version=4)
+    nb = load_notebook_node(str(notebook))  # papermill's reader: also a notebook it never executed gets its metadata
     parameters = profile_parameters(notebook, "tiny")
     if parameters:
         nb = parameterize_notebook(nb, parameters)
