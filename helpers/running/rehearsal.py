@@ -42,9 +42,7 @@ CUTS: dict[str, dict] = {
     "02_outlier_protection": {"max_context": 128, "n_windows": 2, "smallest_context": 16, "calibration_samples": 4,
                               "calibration_seq_len": 64},
     "03_llm_kick": {"eval_seq_len": 64, "eval_windows": 2,
-                    "task_counts": {"mmlu_examples": 3, "freebaseqa_examples": 3, "triviaqa_examples": 3,
-                                    "nq_closed_examples": 3, "nq_open_examples": 3, "kv_examples": 2,
-                                    "summarization_examples": 2, "instruction_examples": 2},
+                    "task_counts": PROFILES["03_llm_kick"]["tiny"]["task_counts"],  # the tiny profile's examples
                     "task_settings": {"mmlu_shots": 5, "mmlu_scorings": ["generate", "loglik", "cloze"],
                                       "passage_chars": 200, "short_answer_tokens": 4, "kv_pairs": 2, "kv_long_pairs": 3,
                                       "kv_new_tokens": 8, "summary_article_tokens": 48, "summary_new_tokens": 8,
