@@ -194,7 +194,7 @@ def test_published_ratios_hold_the_reference_table():
 
 
 # --------------------------------------------------------------------------- the registry
-IDS = {f"LC{i}" for i in range(1, 8)} | {f"KI{i}" for i in range(1, 9)} | {f"HS{i}" for i in range(1, 7)}
+IDS = {f"LC{i}" for i in range(1, 9)} | {f"KI{i}" for i in range(1, 9)} | {f"HS{i}" for i in range(1, 7)}
 
 
 def test_registry_holds_every_claim_with_a_decider():
@@ -548,3 +548,18 @@ def test_record_verdicts_refuses_a_name_the_summary_would_not_find(tmp_path):
         board_module.record_verdicts({}, ("LC1",), "01_board", tmp_path, tmp_path, title="t")
     with pytest.raises(ValueError, match="not registered"):
         board_module.board({}, claims=("LC99",))
+
+
+@pytest.mark.parametrize("gap, kwargs, expected", [
+    (0.2, {}, R),                      # global-only grows past the window more than sliding-only, every window
+    (-0.2, {}, NR),                    # the other way round
+    (0.2, {"windows": 3}, P),          # too few windows: no interval
+    (0.2, {"ppl_ratio": 4.0}, U),      # a collapsed model
+])
+def test_lc8_global_blocks_accumulate_more_than_sliding_ones(gap, kwargs, expected):
+    windows = kwargs.get("windows", 8)
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"label": "RTN 4-bit g128", "window": range(windows), "sliding_slope": rng.normal(0, 0.02, windows),
+                          "ppl_ratio": kwargs.get("ppl_ratio", 1.2)})
+    frame["global_slope"] = frame.sliding_slope + gap + rng.normal(0, 0.02, windows)
+    assert decide("LC8", frame).verdict == expected

@@ -457,6 +457,21 @@ def decide_lc7(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
     return _decide(claim, points, frame, regime, "magnitude and another protection rule")
 
 
+def decide_lc8(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
+    """LC8, the error accumulates over the tokens attention reads. Frame "block_slopes": one row per (label,
+    window) with label (the compression applied to one kind of block), global_slope and sliding_slope (log-log
+    slope of per-position KL past the sliding window when only the global-attention blocks, or only the
+    sliding-window blocks, are compressed), ppl_ratio (the worse of the two). Per label: global - sliding per
+    window, above 0 (direction); every label."""
+    _require(frame, ("label", "window", "global_slope", "sliding_slope", "ppl_ratio"), claim)
+    points = []
+    for label, rows in frame.groupby("label", sort=False):
+        difference = rows["global_slope"].to_numpy(float) - rows["sliding_slope"].to_numpy(float)
+        points.append(_point(claim, str(label), rules.mean_interval(difference, unit=claim.unit),
+                             rows["ppl_ratio"].to_numpy(float)))
+    return _decide(claim, points, frame, regime, "global-only and sliding-only compression")
+
+
 # --------------------------------------------------------------------------- 2310.01382: LLM-KICK
 TASK_COLUMNS = ("label", "task", "example", "dense_score", "score", "chance", "ppl_ratio")
 KNOWLEDGE_KINDS = ("knowledge", "factual")  # task_kind: multiple-choice knowledge, free-form factual answers
@@ -800,6 +815,12 @@ def _claims() -> dict[str, Claim]:
               side="less", frame="protection",
               variants_needed=("magnitude-protected", "another rule (random) at the same fraction and bits",
                                "late-bin KL per window")),
+        Claim("LC8", lc, "the error accumulates over the tokens attention reads: compressing only the global blocks "
+              "grows past the sliding window more than compressing only the sliding-window blocks",
+              "ours: the paper's mechanism tested on Gemma-3 (global vs 512-token sliding-window blocks)", "direction",
+              None, unit="windows", min_n=rules.MIN_UNITS, claimed_effect=None, frame="block_slopes",
+              variants_needed=("one compression on the global blocks only and on the sliding-window blocks only",
+                               "per-position KL past the window, per window")),
         Claim("KI1", ki, "knowledge is lost at trivial sparsity (25-30%)", "Vicuna-7B, 25-30% sparsity",
               "superiority", None, claimed_effect=TASK_EFFECT, aggregation="majority",
               variants_needed=("dense", "pruned at 25-30%", "knowledge tasks per example"), **task),
@@ -852,7 +873,7 @@ CLAIMS: dict[str, Claim] = _claims()
 
 DECIDERS: dict[str, Callable[..., ClaimVerdict]] = {
     "LC1": decide_lc1, "LC2": decide_lc2, "LC3": decide_lc3, "LC4": decide_lc4, "LC5": decide_lc5,
-    "LC6": decide_lc6, "LC7": decide_lc7,
+    "LC6": decide_lc6, "LC7": decide_lc7, "LC8": decide_lc8,
     "KI1": decide_ki1, "KI2": decide_ki2, "KI3": decide_ki3, "KI4": decide_ki4, "KI5": decide_ki5,
     "KI6": decide_ki6, "KI7": decide_ki7, "KI8": decide_ki8,
     "HS1": decide_hs1, "HS2": decide_hs2, "HS3": decide_hs3, "HS4": decide_hs4, "HS5": decide_hs5,

@@ -578,3 +578,22 @@ def paired_late_kl(growth, pairs: Iterable[tuple[str, str]]):
     """Per (a, b) pair: the per-window ratio of late-bin KL (a / b; < 1: a is closer to dense late in the
     window), geometric mean with its 95% t-interval over the shared windows."""
     return paired_differences(growth, list(pairs), "late_bin_kl", ratio=True)
+
+
+def block_frame(slopes, table):
+    """The claims board's "block_slopes" frame (LC8) from `block_comparison`'s per-window slopes: per pair of
+    counterparts (the same compression on the global blocks only and on the sliding-window blocks only, named by
+    their shared base label) and window, global_slope, sliding_slope and the worse perplexity ratio."""
+    import pandas as pd
+
+    if slopes.empty:
+        return pd.DataFrame(columns=["label", "window", "global_slope", "sliding_slope", "ppl_ratio"])
+    rows = slopes.assign(base=slopes.label.str.rsplit(" [", n=1).str[0], kind=slopes.label.map(table.blocks),
+                         ratio=slopes.label.map(table.ppl_ratio))
+    wide = rows.pivot_table(index=["base", "window"], columns="kind", values=["log_slope", "ratio"])
+    if ("log_slope", "full_attention") not in wide.columns or ("log_slope", "sliding_attention") not in wide.columns:
+        return pd.DataFrame(columns=["label", "window", "global_slope", "sliding_slope", "ppl_ratio"])
+    out = pd.DataFrame({"global_slope": wide[("log_slope", "full_attention")],
+                        "sliding_slope": wide[("log_slope", "sliding_attention")],
+                        "ppl_ratio": wide["ratio"].max(axis=1)}).dropna(subset=["global_slope", "sliding_slope"])
+    return out.reset_index().rename(columns={"base": "label"})
