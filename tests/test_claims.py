@@ -563,3 +563,13 @@ def test_lc8_global_blocks_accumulate_more_than_sliding_ones(gap, kwargs, expect
                           "ppl_ratio": kwargs.get("ppl_ratio", 1.2)})
     frame["global_slope"] = frame.sliding_slope + gap + rng.normal(0, 0.02, windows)
     assert decide("LC8", frame).verdict == expected
+
+
+def test_lc7_averages_a_rule_run_with_several_seeds_over_them():
+    base = {"bits": 3, "protected_fraction": 0.02, "family": "quantization"}
+    frame = growth_frame({"label": "magnitude 2%", "factor": 1.0, "protection_rule": "magnitude", **base},
+                         *[{"label": f"hessian 2% seed={k}", "factor": 1.0, "protection_rule": "hessian", "seed": 10 + k,
+                            **base} for k in range(3)])
+    frame.loc[frame.protection_rule == "hessian", "late_bin_kl"] *= 2.0   # magnitude's groups leave half the error
+    result = decide("LC7", frame)
+    assert result.verdict == R and result.n == 8 and "3 seeds" in result.points[0].name

@@ -439,18 +439,20 @@ def _unpack(interval: Interval) -> tuple[float, float, float, int]:
 def decide_lc7(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
     """LC7, magnitude is the rule that picks the groups to keep. Frame "protection" (as LC6). For each
     other rule (not "none", not "magnitude") at the same bits and protected fraction: per window, late-bin
-    KL of the magnitude-protected variant / that of the other, below 1 (by at least GROWTH_EFFECT)."""
+    KL of the magnitude-protected variant / that of the other, below 1 (by at least GROWTH_EFFECT). A rule
+    run with several calibration seeds (several labels) enters with its late-bin KL averaged over them."""
     _require(frame, PROTECTION_COLUMNS, claim)
     points = []
     magnitude = frame[frame["protection_rule"] == "magnitude"]
     others = frame[~frame["protection_rule"].isin(["none", "magnitude"]) & (frame["protected_fraction"] > 0)]
     for (bits, fraction, rule), rows in others.groupby(["bits", "protected_fraction", "protection_rule"], sort=False):
         mine = magnitude[(magnitude["bits"] == bits) & (magnitude["protected_fraction"] == fraction)]
-        name = f"magnitude vs {rule} ({bits:g} bits, {fraction:.3g} kept)"
+        seeds = rows["label"].nunique()
+        name = f"magnitude vs {rule} ({bits:g} bits, {fraction:.3g} kept" + (f", {seeds} seeds)" if seeds > 1 else ")")
         if mine.empty:
             points.append(_skipped(name, "no magnitude-protected variant at these settings", _ratio(rows)))
             continue
-        a, b = _windows(mine, "late_bin_kl"), _windows(rows, "late_bin_kl")
+        a, b = mine.groupby("window")["late_bin_kl"].mean(), rows.groupby("window")["late_bin_kl"].mean()
         shared = a.index.intersection(b.index)
         interval = rules.log_ratio_interval(a[shared].to_numpy(), b[shared].to_numpy(), side="less", unit=claim.unit)
         points.append(_point(claim, name, interval, [_ratio(mine), _ratio(rows)]))
