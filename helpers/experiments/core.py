@@ -511,3 +511,33 @@ def latest_frame(table: ResultsTable, *, model: str | None = None, protocol: dic
     keys = set(newest_key.values())
     records = [r for r in records if r["key"] in keys and latest[r["key"]] == r["attempt"]]
     return pd.json_normalize(records) if records else pd.DataFrame()
+
+
+def variant_table(frame, settings: Mapping[str, Sequence[str]], *, dense_label: str = DENSE_LABEL):
+    """One row per variant (index: label, in recorded order) from the runner's rows (`latest_frame`): method,
+    family, one column per entry of `settings` (name -> the flattened recorded settings it is read from, the
+    first present wins; nan where a variant has none), perplexity, ppl_ratio (to the `dense_label` row's),
+    working (`claims.rules.is_working`, the project's one rule), bits_per_weight and achieved_sparsity."""
+    import pandas as pd
+
+    from ..claims.rules import is_working
+
+    rows = frame[frame.metric == "perplexity"].drop_duplicates("label", keep="last").set_index("label")
+    if dense_label not in rows.index:
+        raise ValueError(f"no {dense_label!r} perplexity row among the recorded variants {list(rows.index)}; run "
+                         "Variant.dense() with the measurement first (it is recorded from the dense reference, no "
+                         "extra pass).")
+    out = pd.DataFrame(index=rows.index)
+    out["method"], out["family"] = rows["method"], rows.get("family", "")
+    for column, sources in settings.items():
+        values = pd.Series(float("nan"), index=out.index, dtype=object)
+        for source in reversed(list(sources)):
+            if source in rows.columns:
+                values = rows[source].where(rows[source].notna(), values)
+        out[column] = values
+    out["perplexity"] = rows["value"].astype(float)
+    out["ppl_ratio"] = out.perplexity / out.loc[dense_label, "perplexity"]
+    out["working"] = [is_working(r) for r in out.ppl_ratio]
+    for column in ("bits_per_weight", "achieved_sparsity"):
+        out[column] = rows[column] if column in rows.columns else float("nan")
+    return out

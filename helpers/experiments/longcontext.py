@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..evaluation.metrics import DenseReference, evaluate
-from .core import Measurement, Point, Variant
+from .core import Measurement, Point, Variant, variant_table as core_variant_table
 from ..evaluation.uncertainty import INTERVALS, bootstrap_interval, interval_name, standard_error, t_interval  # noqa: F401 (re-exported)
 
 
@@ -334,36 +334,14 @@ _SETTING_COLUMNS = {  # tidy column -> the recorded settings it is read from (fi
 }
 
 
-def variant_table(frame, *, dense_label: str = "dense"):
-    """One row per variant (index: label) from the runner's rows (`core.latest_frame`): method, family, the
-    recorded settings (sparsity, pattern, bits, group_size, kv_bits, blocks, protected_fraction, protection_rule;
-    nan where a variant has none), perplexity, ppl_ratio (to the `dense_label` row's perplexity), working
-    (`claims.rules.is_working`, the project's one rule), bits_per_weight and achieved_sparsity. Rows keep the
-    order in which the variants were recorded."""
+def variant_table(frame):
+    """One row per variant (`core.variant_table`) with the settings these notebooks compare: sparsity (0 for
+    none), pattern, bits (nan: none), group_size, kv_bits, blocks, protected_fraction, protection_rule."""
     import pandas as pd
 
-    from ..claims.rules import is_working
-
-    perplexity = frame[frame.metric == "perplexity"].drop_duplicates("label", keep="last").set_index("label")
-    if dense_label not in perplexity.index:
-        raise ValueError(f"no {dense_label!r} perplexity row among the recorded variants "
-                         f"{list(perplexity.index)}; run Variant.dense() with the measurement first (it is "
-                         "recorded from the dense reference, no extra pass).")
-    out = pd.DataFrame(index=perplexity.index)
-    out["method"], out["family"] = perplexity["method"], perplexity.get("family", "")
-    for column, sources in _SETTING_COLUMNS.items():
-        values = pd.Series(float("nan"), index=out.index, dtype=object)
-        for source in reversed(sources):
-            if source in perplexity.columns:
-                values = perplexity[source].where(perplexity[source].notna(), values)
-        out[column] = values
+    out = core_variant_table(frame, _SETTING_COLUMNS)
     out["sparsity"] = pd.to_numeric(out["sparsity"], errors="coerce").fillna(0.0)
     out["bits"] = pd.to_numeric(out["bits"], errors="coerce")
-    out["perplexity"] = perplexity["value"].astype(float)
-    out["ppl_ratio"] = out.perplexity / out.loc[dense_label, "perplexity"]
-    out["working"] = [is_working(r) for r in out.ppl_ratio]
-    for column in ("bits_per_weight", "achieved_sparsity"):
-        out[column] = perplexity[column] if column in perplexity.columns else float("nan")
     return out
 
 

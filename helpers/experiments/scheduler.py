@@ -23,7 +23,7 @@ import numpy as np
 from ..compression.schedules import SCHEDULES, scheduler_overrides
 from ..data import CalibrationSettings
 from ..evaluation.metrics import DenseReference, evaluate
-from .core import Measurement, Point, Variant, parse_variant
+from .core import Measurement, Point, Variant, parse_variant, variant_table
 
 SPEC_NAMES = {"levels": "schedule_levels", "clustering": "schedule_clustering", "spread": "schedule_spread",
               "probe_sparsity": "schedule_probe_sparsity", "normalize_by_size": "schedule_normalize_by_size"}
@@ -77,28 +77,18 @@ def window_measurement(reference: DenseReference) -> Measurement:
     return Measurement("wikitext2", measure, dataset="wikitext2", prepare=reference.prepare)
 
 
-def points_table(frame):
-    """One row per variant of the runner's rows: schedule, sparsity (target mean), bits (nan: 16-bit), seed,
-    inputs, ablation, perplexity, ppl_ratio (to the "dense" row), working, bits_per_weight, seconds."""
-    from ..claims.rules import is_working
+POINT_SETTINGS = {"schedule": ("settings.schedule.name",), "sparsity": ("settings.recipe.sparsity",),
+                  "bits": ("settings.bits",), "seed": ("settings.seed",), "inputs": ("settings.schedule.inputs",),
+                  "ablation": ("settings.ablation",)}
 
-    rows = frame[frame.metric == "perplexity"].drop_duplicates("label", keep="last").set_index("label")
-    if "dense" not in rows.index:
-        raise ValueError("no 'dense' perplexity row: run Variant.dense() with window_measurement first.")
-    out = rows[[]].copy()
-    get = lambda column, default=float("nan"): rows[column] if column in rows.columns else default  # noqa: E731
-    out["schedule"] = get("settings.schedule.name", "dense")
+
+def points_table(frame):
+    """One row per variant (`core.variant_table`): schedule ("dense" for the dense row), sparsity (target mean),
+    bits (nan: 16-bit), seed, inputs, ablation, with perplexity, ppl_ratio, working and bits_per_weight."""
+    out = variant_table(frame, POINT_SETTINGS)
     out["schedule"] = out.schedule.fillna("none")
-    out["sparsity"] = get("settings.recipe.sparsity", 0.0)
-    out["bits"] = get("settings.bits")
-    out["seed"] = get("settings.seed")
-    out["inputs"] = get("settings.schedule.inputs", "compressed")
-    out["ablation"] = get("settings.ablation", "none")
-    out["perplexity"] = rows.value.astype(float)
-    out["ppl_ratio"] = out.perplexity / out.perplexity["dense"]
-    out["working"] = [is_working(r) for r in out.ppl_ratio]
-    out["bits_per_weight"] = get("bits_per_weight")
-    out["method"] = get("method")
+    out["inputs"], out["ablation"] = out.inputs.fillna("compressed"), out.ablation.fillna("none")
+    out["sparsity"] = out.sparsity.fillna(0.0)
     out.loc["dense", ["schedule", "inputs", "ablation"]] = ["dense", "compressed", "none"]
     return out.astype({"sparsity": float, "bits": float})
 
