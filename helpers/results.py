@@ -73,6 +73,40 @@ def run_key(**fields) -> str:
     return json.dumps(plain(fields), sort_keys=True)
 
 
+def append_lines(path: str | Path, records: list[dict]) -> None:
+    """Append `records` to a JSON-lines file, one per line; a line cut mid-write before them (a kill, a full disk)
+    is closed first so it cannot swallow the first of them."""
+    text = "".join(json.dumps(record) + "\n" for record in records)
+    with open(path, "a+b") as handle:
+        handle.seek(0, 2)
+        if handle.tell():
+            handle.seek(-1, 2)
+            if handle.read(1) != b"\n":
+                text = "\n" + text
+        handle.write(text.encode("utf-8"))
+        handle.flush()
+
+
+def write_gzip_lines(path: str | Path, records: list[dict]) -> int:
+    """`records` as a gzip-compressed JSON-lines file (keys sorted: the form committed beside a run); returns
+    how many were written."""
+    import gzip
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8", compresslevel=9) as handle:
+        handle.writelines(json.dumps(record, sort_keys=True) + "\n" for record in records)
+    return len(records)
+
+
+def read_gzip_lines(path: str | Path) -> list[dict]:
+    """The records of a `write_gzip_lines` file."""
+    import gzip
+
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
 class ResultsTable:
     """Append-only JSON-lines table of tidy records; each carries `numbers_version` (NUMBERS_VERSION) and
     `commit` (git_commit()) beside the package versions."""
@@ -93,15 +127,7 @@ class ResultsTable:
         return record
 
     def _write(self, records: list[dict]) -> None:
-        text = "".join(json.dumps(record) + "\n" for record in records)
-        with open(self.path, "a+b") as handle:
-            handle.seek(0, 2)
-            if handle.tell():  # a line cut mid-write (a kill, a full disk) must not swallow these records
-                handle.seek(-1, 2)
-                if handle.read(1) != b"\n":
-                    text = "\n" + text
-            handle.write(text.encode("utf-8"))
-            handle.flush()
+        append_lines(self.path, records)
 
     def records(self) -> list[dict]:
         """Every complete record; a line that does not parse (cut mid-write) is skipped with a warning."""
@@ -123,31 +149,16 @@ class ResultsTable:
         """Write the runner's rows of one run (this model and protocol; every row without them given) to a
         gzip-compressed JSON-lines file `path`, the form committed beside a run's verdicts so its notebook can
         be re-executed elsewhere without measuring anything (`seed`). Returns the number of rows written."""
-        import gzip
-
         wanted = None if protocol is None else plain(protocol)
-        rows = [r for r in self.records() if r.get("attempt") and (model is None or r.get("model") == model)
-                and (wanted is None or r.get("protocol") == wanted)]
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with gzip.open(path, "wt", encoding="utf-8", compresslevel=9) as handle:
-            for row in rows:
-                handle.write(json.dumps(row, sort_keys=True) + "\n")
-        return len(rows)
+        return write_gzip_lines(path, [r for r in self.records() if r.get("attempt")
+                                       and (model is None or r.get("model") == model)
+                                       and (wanted is None or r.get("protocol") == wanted)])
 
     def seed(self, path: str | Path) -> int:
         """Append the rows of a frozen file (`freeze`) that this table does not hold yet (same key and attempt);
         returns how many were added. Rows keep their recorded versions, commits and times."""
-        import gzip
-
         held = {(r.get("key"), r.get("attempt")) for r in self.records()}
-        added = []
-        with gzip.open(path, "rt", encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    row = json.loads(line)
-                    if (row.get("key"), row.get("attempt")) not in held:
-                        added.append(row)
+        added = [row for row in read_gzip_lines(path) if (row.get("key"), row.get("attempt")) not in held]
         if added:
             self._write(added)
         return len(added)

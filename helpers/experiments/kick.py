@@ -42,7 +42,7 @@ from ..evaluation.metrics import DenseReference, evaluate
 from ..evaluation.uncertainty import paired_bootstrap, score_summary
 from ..evaluation.tasks import TASK_KINDS, TaskKind, normalize_answer, read_records, task_kind
 from ..evaluation.tasks.records import TaskResult
-from ..results import ResultsTable
+from ..results import ResultsTable, append_lines, read_gzip_lines, write_gzip_lines
 from .core import DENSE_LABEL, Measurement, ModelSnapshot, Point, Runner, Variant
 
 
@@ -644,12 +644,7 @@ def freeze_records(frame, records_dir: str | Path, dest: str | Path) -> int:
     """Write the task records behind `frame`'s scores (the attempts its score rows name) without their prompts
     to <dest>/<task>.jsonl.gz, beside a committed run's frozen rows, so `evidence_table` and `task_frame` can be
     recomputed elsewhere (`seed_records`). Returns the number of records written."""
-    import gzip
-    import json
-
     wanted = set(zip(frame[frame.metric == "score"].label, frame[frame.metric == "score"].attempt))
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
     count = 0
     for path in sorted(Path(records_dir).glob("*.jsonl")):
         if path.name.endswith(".judgements.jsonl"):
@@ -657,30 +652,22 @@ def freeze_records(frame, records_dir: str | Path, dest: str | Path) -> int:
         kept = [{k: v for k, v in record.items() if k not in HEAVY_RECORD_FIELDS} for record in read_records(path)
                 if (record.get("label"), record.get("attempt")) in wanted]
         if kept:
-            with gzip.open(dest / f"{path.stem}.jsonl.gz", "wt", encoding="utf-8", compresslevel=9) as handle:
-                handle.writelines(json.dumps(record, sort_keys=True) + "\n" for record in kept)
-            count += len(kept)
+            count += write_gzip_lines(Path(dest) / f"{path.stem}.jsonl.gz", kept)
     return count
 
 
 def seed_records(source: str | Path, records_dir: str | Path) -> int:
     """Append the frozen records of `source` (`freeze_records`) to <records_dir>/<task>.jsonl, skipping those
     already there (same label, attempt and example); returns how many were added."""
-    import gzip
-    import json
-
     records_dir = Path(records_dir)
     records_dir.mkdir(parents=True, exist_ok=True)
-    added = 0
     identity = lambda record: (record.get("label"), record.get("attempt"), record.get("index"))  # noqa: E731
+    added = 0
     for path in sorted(Path(source).glob("*.jsonl.gz")):
         target = records_dir / path.name.removesuffix(".gz")
         held = {identity(r) for r in read_records(target)} if target.exists() else set()
-        with gzip.open(path, "rt", encoding="utf-8") as handle:
-            frozen = [json.loads(line) for line in handle if line.strip()]
-        new = [record for record in frozen if identity(record) not in held]
+        new = [record for record in read_gzip_lines(path) if identity(record) not in held]
         if new:
-            with open(target, "a", encoding="utf-8") as handle:
-                handle.writelines(json.dumps(record) + "\n" for record in new)
+            append_lines(target, new)
             added += len(new)
     return added
