@@ -2,11 +2,11 @@
 OpenAI-compatible client against a real HTTP server on 127.0.0.1 (bounded requests, no network)."""
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from helpers.models import load_model
+from helpers.running.rehearsal import LocalJSONServer
 from helpers.evaluation.tasks import (JudgeError, LocalLMJudge, OpenAIJudge, RougeJudge, build_judge_prompt, judge_records,
                            parse_review, parse_score_pair, parse_summary_scores, read_records, summarize_judgements)
 from helpers.evaluation.tasks import freeform
@@ -95,45 +95,19 @@ def test_local_lm_judge_records_prompt_review_and_parse(monkeypatch, tmp_path):
 
 
 # --------------------------------------------------------------------------- OpenAI-compatible client
-class FakeServer:
+class FakeServer(LocalJSONServer):
     """Chat-completions server on 127.0.0.1 that plays a script of (status, body, delay) replies."""
 
     def __init__(self, script):
         self.script, self.requests = list(script), []
-        owner = self
+        super().__init__(self._respond)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                owner.requests.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body)})
-                status, reply, delay = owner.script.pop(0) if owner.script else (500, "script exhausted", 0)
-                if delay:
-                    threading.Event().wait(delay)
-                data = reply.encode() if isinstance(reply, str) else json.dumps(reply).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+    def _respond(self, path, headers, body):
+        self.requests.append({"path": path, "headers": headers, "body": json.loads(body)})
+        status, reply, delay = self.script.pop(0) if self.script else (500, "script exhausted", 0)
+        if delay:
+            threading.Event().wait(delay)
+        return status, reply
 
 
 def ok(content):

@@ -118,26 +118,25 @@ def write_hub_cache(cache: Path, model_ids, *, seed: int = 0) -> Path:
     return cache
 
 
-class StandInJudge:
-    """An OpenAI-compatible chat-completions server on 127.0.0.1 that answers every request with the same
-    reply (scores for both answers); counts the requests. A context manager; `url` is its base URL."""
+class LocalJSONServer:
+    """An HTTP server on 127.0.0.1 that hands every POST to `respond(path, headers, body bytes) -> (status, reply)`
+    (reply: text, or anything JSON-able) and sends the reply as JSON: the stand-in for an OpenAI-compatible
+    endpoint, here and in the judge's tests. A context manager; `url` is its base URL (…/v1)."""
 
-    REPLY = "7 5\nStand-in judge: the same scores for every pair (a rehearsal, not a judgement)."
-
-    def __init__(self):
-        owner = self
-        self.requests = 0
-
+    def __init__(self, respond):
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                owner.requests += 1
-                body = json.dumps({"choices": [{"message": {"role": "assistant", "content": owner.REPLY}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                status, reply = respond(self.path, dict(self.headers),
+                                        self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                data = reply.encode() if isinstance(reply, str) else json.dumps(reply).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout test)
+                    pass
 
             def log_message(self, *args):
                 pass
@@ -154,6 +153,21 @@ class StandInJudge:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+class StandInJudge(LocalJSONServer):
+    """A chat-completions stand-in that answers every request with the same reply (scores for both answers);
+    counts the requests."""
+
+    REPLY = "7 5\nStand-in judge: the same scores for every pair (a rehearsal, not a judgement)."
+
+    def __init__(self):
+        self.requests = 0
+        super().__init__(self._respond)
+
+    def _respond(self, path, headers, body):
+        self.requests += 1
+        return 200, {"choices": [{"message": {"role": "assistant", "content": self.REPLY}}]}
 
 
 def rehearsal_overrides(notebook: Path, *, device: str, dtype: str | None, judge_url: str | None,
