@@ -441,7 +441,7 @@ def test_board_decides_the_claims_whose_frames_are_present(tmp_path):
     frame = growth_frame({"label": "wanda 50%", "factor": 1.0, "family": "pruning", "method": "wanda", "sparsity": 0.5},
                          {"label": "rtn 3-bit", "factor": 2.0, "family": "quantization", "method": "rtn", "sparsity": 0})
     frame.to_csv(tmp_path / "context_growth.csv", index=False)
-    table = board_module.board(board_module.read_frames(tmp_path))
+    table = board_module.board(board_module.read_committed(tmp_path))
     table = table[table.regime == "nominal"].set_index("id")
     assert table.loc["LC2", "verdict"] == R and table.loc["LC1", "verdict"] == R
     assert table.loc["LC3", "verdict"] == U and "missing ['bits']" in table.loc["LC3", "why"]

@@ -99,9 +99,6 @@ def read_committed(folder: str | Path) -> dict:
     return frames
 
 
-read_frames = read_committed
-
-
 def _comparable(table):
     """The checked columns, numbers rounded to SIGNIFICANT digits, as strings (nan -> "")."""
     def text(value):
