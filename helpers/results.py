@@ -107,6 +107,12 @@ def read_gzip_lines(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def cache_dir(results_path: str | Path) -> Path:
+    """Where a run keeps what it can recompute but would rather not (the dense reference's pass, the precision
+    floor): `cache/` beside its results table, ignored by git like the table."""
+    return Path(results_path).parent / "cache"
+
+
 class ResultsTable:
     """Append-only JSON-lines table of tidy records; each carries `numbers_version` (NUMBERS_VERSION) and
     `commit` (git_commit()) beside the package versions."""

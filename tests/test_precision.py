@@ -127,3 +127,18 @@ def test_floor_summary_is_none_in_float32_and_reports_a_reduced_precision():
     assert floor_summary(load_model("tiny-llama")[0], "tiny-llama", windows) is None
     summary = floor_summary(load_model("tiny-llama", dtype="bfloat16")[0], "tiny-llama", windows)
     assert summary["dtype"] == "bfloat16" and summary["windows"] == 4 and summary["mean_kl"] > 0
+
+
+def test_a_cached_floor_summary_is_read_back_without_measuring(tmp_path, monkeypatch):
+    from helpers.evaluation import metrics
+
+    model = load_model("tiny-llama", dtype="bfloat16")[0]
+    windows = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+    first = metrics.floor_summary(model, "tiny-llama", windows, cache_dir=tmp_path)
+    def measured_again(*args, **kwargs):
+        raise RuntimeError("measured again")
+
+    monkeypatch.setattr(metrics, "precision_floor", measured_again)
+    assert metrics.floor_summary(model, "tiny-llama", windows, cache_dir=tmp_path) == first
+    with pytest.raises(RuntimeError, match="measured again"):  # other windows: not the cached summary
+        metrics.floor_summary(model, "tiny-llama", windows[:, :16], cache_dir=tmp_path)

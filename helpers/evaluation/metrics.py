@@ -8,8 +8,11 @@ compressed variant, so the dense forward pass is never repeated.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -137,27 +140,51 @@ class DenseReference:
 
     lazy=True: the pass runs when they are first read (`hidden`, `nll`, `perplexity`, or `prepare()`), so a
     notebook re-executed over recorded results, where every variant is skipped, never pays for it; the model
-    must still be dense then (a measurement built on it calls `prepare()` before the Runner compresses)."""
+    must still be dense then (a measurement built on it calls `prepare()` before the Runner compresses).
+    cache_dir: the pass's hidden states and token losses are also kept on disk there, in one file named by
+    `reference_digest` (every weight, the config, the windows, torch and transformers versions), so a run that
+    resumes in a new process reads them back instead of repeating the pass; the values are the same tensors."""
 
-    def __init__(self, model: nn.Module, windows: torch.Tensor, *, progress: bool = True, lazy: bool = False):
+    def __init__(self, model: nn.Module, windows: torch.Tensor, *, progress: bool = True, lazy: bool = False,
+                 cache_dir: str | Path | None = None):
         self.windows = windows
         self._model, self._progress = model, progress
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.cache_path: Path | None = None  # the file read or written, once the pass has been asked for
+        self.from_cache = False
         if not lazy:
             self.prepare()
 
     def prepare(self) -> None:
         """Run the dense pass now if it has not run (the model must be dense)."""
-        _ = self.nll
+        _ = self._pass
         self._model = None  # the reference no longer needs the model
 
     @functools.cached_property
-    def hidden(self) -> list[torch.Tensor]:
-        return [final_hidden(self._model, w[None])[0].cpu()
-                for w in tqdm(self.windows, desc="dense reference", disable=not self._progress)]
+    def _pass(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        if self.cache_dir is not None:
+            self.cache_path = self.cache_dir / f"dense_{reference_digest(self._model, self.windows)[:24]}.pt"
+            if self.cache_path.exists():
+                stored = torch.load(self.cache_path, weights_only=True)
+                self.from_cache = True
+                return list(stored["hidden"]), stored["nll"]
+        hidden = [final_hidden(self._model, w[None])[0].cpu()
+                  for w in tqdm(self.windows, desc="dense reference", disable=not self._progress)]
+        nll = torch.stack([token_nll(self._model, h, w) for h, w in zip(hidden, self.windows)])
+        if self.cache_path is not None:
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.cache_path.with_suffix(".partial")
+            torch.save({"hidden": hidden, "nll": nll}, partial)
+            partial.replace(self.cache_path)  # a run killed while saving leaves no half-written cache
+        return hidden, nll
 
-    @functools.cached_property
+    @property
+    def hidden(self) -> list[torch.Tensor]:
+        return self._pass[0]
+
+    @property
     def nll(self) -> torch.Tensor:
-        return torch.stack([token_nll(self._model, h, w) for h, w in zip(self.hidden, self.windows)])
+        return self._pass[1]
 
     @property
     def perplexity(self) -> float:
@@ -165,6 +192,22 @@ class DenseReference:
 
     def nbytes(self) -> int:
         return sum(h.numel() * h.element_size() for h in self.hidden)
+
+
+def reference_digest(model: nn.Module, windows: torch.Tensor, *, extra: str = "") -> str:
+    """sha256 of what a dense pass depends on: every tensor of the model's state (name, dtype, shape, bytes), its
+    config, the windows, and the torch and transformers versions (a different forward gives another digest)."""
+    import transformers
+
+    digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    digest.update(f"torch {torch.__version__} transformers {transformers.__version__} {extra}".encode())
+    digest.update((config.to_json_string(use_diff=False) if config is not None else type(model).__name__).encode())
+    for name, tensor in [("windows", windows)] + sorted(model.state_dict().items()):
+        data = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name} {data.dtype} {tuple(data.shape)}".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 @torch.no_grad()
@@ -203,14 +246,36 @@ def precision_floor(model: nn.Module, model_name: str, windows: torch.Tensor, *,
     return evaluate(model, windows, reference, progress=progress)
 
 
-def floor_summary(model: nn.Module, model_name: str, windows: torch.Tensor, *, max_windows: int = 4) -> dict | None:
+def floor_summary(model: nn.Module, model_name: str, windows: torch.Tensor, *, max_windows: int = 4,
+                  cache_dir: str | Path | None = None) -> dict | None:
     """What a notebook prints beside its results: None when `model` is float32; otherwise the noise floor of its
     dtype (`precision_floor` on the first `max_windows` windows): mean KL per token over all positions and over the
-    last quarter of each window (where long-context growth is judged), in nats, with the number of windows."""
+    last quarter of each window (where long-context growth is judged), in nats, with the number of windows.
+    cache_dir: the summary is kept there as JSON, named by `reference_digest` of `model` and those windows (and
+    `model_name`), so a resumed run reads it back instead of loading the float32 model again."""
     dtype = next(model.parameters()).dtype
     if dtype == torch.float32:
         return None
+    path = None
+    if cache_dir is not None:
+        digest = reference_digest(model, windows[:max_windows], extra=f"floor of {model_name}")
+        path = Path(cache_dir) / f"floor_{digest[:24]}.json"
+        if path.exists():
+            return json.loads(path.read_text())
     result = precision_floor(model, model_name, windows[:max_windows])
     quarter = max(1, result.kl.shape[1] // 4)
-    return {"dtype": str(dtype).removeprefix("torch."), "windows": int(result.kl.shape[0]),
-            "mean_kl": result.mean_kl(), "last_quarter_kl": result.kl[:, -quarter:].double().mean().item()}
+    summary = {"dtype": str(dtype).removeprefix("torch."), "windows": int(result.kl.shape[0]),
+               "mean_kl": result.mean_kl(), "last_quarter_kl": result.kl[:, -quarter:].double().mean().item()}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary))
+    return summary
+
+
+def floor_line(floor: dict | None) -> str:
+    """The sentence a notebook prints for `floor_summary`'s result."""
+    if floor is None:
+        return "precision noise floor: none (float32)"
+    return (f"precision noise floor: KL(float32 || {floor['dtype']}) {floor['mean_kl']:.2g} nats per token, "
+            f"{floor['last_quarter_kl']:.2g} in the last quarter ({floor['windows']} windows); effects below 3x it "
+            "are unmeasurable")
