@@ -107,6 +107,16 @@ def read_gzip_lines(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+DEFAULT_MODEL = "smollm2-135m"  # the offline workhorse: its runs carry no name
+
+
+def run_suffix(run_name: str, model: str) -> str:
+    """What a notebook appends to its outputs' names (figures, verdicts, committed rows): "_<run_name>"; without
+    a run name, none for the default model and "_<the model's last path part, lower case>" for any other."""
+    name = run_name or ("" if model == DEFAULT_MODEL else str(model).rstrip("/").split("/")[-1].lower())
+    return f"_{name}" if name else ""
+
+
 def cache_dir(results_path: str | Path) -> Path:
     """Where a run keeps what it can recompute but would rather not (the dense reference's pass, the precision
     floor): `cache/` beside its results table, ignored by git like the table."""

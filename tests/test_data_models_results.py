@@ -181,3 +181,13 @@ def test_a_frozen_run_seeds_another_table_once(tmp_path):
     assert other.seed(tmp_path / "run" / "rows.jsonl.gz") == 0                 # nothing twice
     assert [r["value"] for r in other.records()] == [1.0, 2.0]
     assert other.records()[0]["commit"] == table.records()[0]["commit"]       # provenance kept as recorded
+
+
+def test_run_suffix_names_other_models_runs_and_respects_a_given_name():
+    from helpers.results import run_suffix
+
+    assert run_suffix("", "smollm2-135m") == ""
+    assert run_suffix("", "gemma3-270m") == "_gemma3-270m"
+    assert run_suffix("", "google/Gemma-3-270M/") == "_gemma-3-270m"
+    assert run_suffix("gemma3-16k", "gemma3-270m") == "_gemma3-16k"
+    assert run_suffix("mine", "smollm2-135m") == "_mine"

@@ -243,12 +243,11 @@ def _results_recorded(notebook: Path, parameters: dict, cwd: Path) -> bool:
 def committed_rows(notebook: Path, parameters: dict, repo_root: Path = REPO_ROOT) -> Path:
     """Where the run these parameters make keeps its frozen rows: results/committed/<NN>_verdicts[_<run_name>]/
     rows.jsonl.gz (the notebooks name a run's outputs after `run_name`; the profile's default run has none)."""
+    from ..results import run_suffix
+
     defaults = notebook_defaults(notebook)
-    run_name = parameters.get("run_name", defaults.get("run_name", ""))
-    model = str(parameters.get("model", defaults.get("model", "")))
-    if not run_name and model != defaults.get("model"):  # the notebooks' rule: another model names its own run
-        run_name = model.rstrip("/").split("/")[-1].lower()
-    name = f"{notebook.stem[:2]}_verdicts" + (f"_{run_name}" if run_name else "")
+    name = f"{notebook.stem[:2]}_verdicts" + run_suffix(parameters.get("run_name", defaults.get("run_name", "")),
+                                                        parameters.get("model", defaults.get("model", "")))
     return Path(repo_root) / "results" / "committed" / name / "rows.jsonl.gz"
 
 
