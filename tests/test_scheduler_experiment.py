@@ -73,3 +73,49 @@ def test_frames_from_a_tiny_run_carry_what_every_hs_claim_reads(tmp_path):
     paired = sc.paired_schedules(frames["schedule"])
     assert set(paired.comparison) == {"hessian / uniform", "owl / uniform", "hessian / owl"}
     assert (paired.seeds == 2).all() and (paired.windows == 5).all()
+
+
+def test_kind_probes_prune_one_layer_kind_more_and_price_it_per_weight(tmp_path):
+    from helpers.experiments.core import parse_variant
+
+    with pytest.raises(ValueError, match="needs schedule_kind"):
+        parse_variant({"method": "sparsegpt", "sparsity": 0.5, "schedule": "kind"})
+    with pytest.raises(ValueError, match="belong to it only"):
+        parse_variant({"method": "sparsegpt", "sparsity": 0.5, "schedule": "owl", "schedule_kind": "q_proj"})
+    with pytest.raises(ValueError, match="belong to 'hessian'"):
+        parse_variant({"method": "sparsegpt", "sparsity": 0.5, "schedule": "kind", "schedule_kind": "q_proj",
+                       "schedule_levels": 2})
+    with pytest.raises(ValueError, match="goes with the 'kind' schedule only"):
+        sc.schedule_variant("uniform", 0.5, 0, CALIBRATION, kind="q_proj")
+    model, tokenizer = load_model("tiny-llama")
+    windows = torch.randint(0, 256, (5, 32), generator=torch.Generator().manual_seed(0))
+    reference = DenseReference(model, windows, progress=False, lazy=True)
+    variants = [Variant.dense()] + [sc.schedule_variant(k, 0.5, seed, CALIBRATION) for k in ("uniform", "hessian")
+                                    for seed in (0, 1)]
+    variants += [sc.schedule_variant("kind", 0.5, seed, CALIBRATION, kind=kind, extra=0.3)
+                 for kind in ("down_proj", "q_proj") for seed in (0, 1)]
+    assert variants[-1].label == "kind s=0.50 +0.30 q_proj seed=1"
+    table = ResultsTable(tmp_path / "r.jsonl")
+    Runner(model, table, "tiny-llama", {"d": 1}, tokenizer=tokenizer, log=lambda *_: None, progress=False).run(
+        variants, [sc.window_measurement(reference)])
+    frame = latest_frame(table)
+    probed = frame[(frame.label == "kind s=0.50 +0.30 down_proj seed=0") & (frame.metric == "layer_error")]
+    down = probed.layer.str.endswith("down_proj")
+    assert np.allclose(probed.layer_sparsity[down].astype(float), 0.8)
+    assert np.allclose(probed.layer_sparsity[~down].astype(float), 0.5)
+    points = sc.points_table(frame)
+    assert set(sc.schedule_frame(frame, points).schedule) == {"uniform", "hessian"}  # probes stay out of HS1-HS3
+    kinds = sc.layer_kinds(frame, points, 0.5, 0)
+    sensitivity = sc.kind_sensitivity(sc.window_rows(frame, points), points, 0.5, kinds).set_index("kind")
+    assert set(sensitivity.index) == {"down_proj", "q_proj"} and (sensitivity.seeds == 2).all()
+    # q_proj holds 64x64 of each block's 64x64 x 4 + 3 x 64x172 (tiny-llama) weights: a smaller share than down_proj
+    assert 0 < sensitivity.added_points["q_proj"] < sensitivity.added_points["down_proj"]
+    assert np.allclose(sensitivity.kl_per_point * sensitivity.added_points, sensitivity.kl_added)
+    assert (sensitivity.low <= sensitivity.kl_added).all() and (sensitivity.kl_added <= sensitivity.high).all()
+    assert sensitivity.kl_added["down_proj"] > 0                # pruning 30% more of the MLP output adds error
+    assert {"hessian_sparsity", "uniform_sparsity"} <= set(sensitivity.columns)
+    assert "kind_sparsity" not in sensitivity.columns and np.allclose(sensitivity.uniform_sparsity, 0.5)
+    from helpers.experiments.scheduler_figures import kinds_figure
+
+    fig, finding = kinds_figure(kinds, title="tiny", sensitivity=sensitivity.reset_index())
+    assert len(fig.axes) == 3 and "costs most KL per weight for down_proj" in finding

@@ -177,3 +177,17 @@ def test_end_to_end_on_tiny_llama(tiny_llama, tokens):
     # storage of the pruned model: kept fp16 values + a 1-bit-per-position bitmap
     assert report.bits_per_weight == pytest.approx((1 - report.achieved_sparsity) * 16 + 1)
     assert uniform_schedule(sizes, 0.7).mean == pytest.approx(0.7)
+
+
+def test_kind_schedule_prunes_one_kind_more_and_refuses_an_absent_kind():
+    from helpers.compression.schedules import KindProbe, kind_schedule, weighted_mean
+
+    sizes = {"model.layers.0.self_attn.q_proj": 100, "model.layers.0.mlp.down_proj": 300,
+             "model.layers.1.self_attn.q_proj": 100, "model.layers.1.mlp.down_proj": 300}
+    plan = kind_schedule(sizes, 0.4, KindProbe("q_proj", 0.2))
+    assert [plan.sparsity[n] for n in sizes] == pytest.approx([0.6, 0.4, 0.6, 0.4])
+    assert weighted_mean(plan.sparsity, sizes) == pytest.approx(0.4 + 0.2 * 200 / 800)
+    with pytest.raises(ValueError, match="no compressed linear of kind 'k_proj'"):
+        kind_schedule(sizes, 0.4, KindProbe("k_proj"))
+    with pytest.raises(ValueError, match="0 < extra < 1"):
+        KindProbe("q_proj", 0.0)

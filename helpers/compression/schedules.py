@@ -150,6 +150,30 @@ def uniform_schedule(sizes: Mapping[str, int], target: float) -> Schedule:
     return Schedule("uniform", target, {n: float(target) for n in sizes}, dict(sizes))
 
 
+@dataclass(frozen=True)
+class KindProbe:
+    """One layer kind (the last part of a linear's name: q_proj, ..., down_proj) pruned `extra` more than the rest."""
+    kind: str
+    extra: float = 0.1
+
+    def __post_init__(self):
+        if not self.kind or not 0 < self.extra < 1:
+            raise ValueError(f"{self!r}: expected a layer kind such as 'down_proj' and 0 < extra < 1.")
+
+
+def kind_schedule(sizes: Mapping[str, int], target: float, probe: KindProbe) -> Schedule:
+    """Uniform at `target` except the layers of `probe.kind`, at target + probe.extra: what pruning one layer
+    kind more costs with the rest unchanged (the mean rises by extra x the kind's share of the weights)."""
+    _check_target(target + probe.extra, 0.0, 1.0)
+    chosen = [n for n in sizes if n.rsplit(".", 1)[-1] == probe.kind]
+    if not chosen:
+        kinds = sorted({n.rsplit(".", 1)[-1] for n in sizes})
+        raise ValueError(f"no compressed linear of kind {probe.kind!r}; this model has {kinds}.")
+    sparsity = {n: float(target) + (probe.extra if n in chosen else 0.0) for n in sizes}
+    return Schedule("kind", target, sparsity, dict(sizes), asdict(probe),
+                    {n: {"probed": n in chosen} for n in sizes})
+
+
 def _bounds(target: float, spread: float) -> tuple[float, float]:
     return max(0.0, target - spread), min(1.0, target + spread)
 
@@ -436,25 +460,27 @@ def compress_with_hessians(model: nn.Module, recipe: Recipe, hessians: Mapping[s
 
 
 # --------------------------------------------------------------------------- schedule, then compress
-SCHEDULES = ("uniform", "owl", "hessian")
+SCHEDULES = ("uniform", "owl", "hessian", "kind")
 SCHEDULE_INPUTS = ("compressed", "dense")
 
 
 @torch.no_grad()
 def scheduled_compress(model: nn.Module, recipe: Recipe, schedule: str, calibration_ids: torch.Tensor, *,
                        owl: OWLSettings = OWLSettings(), hessian: HessianSchedulerSettings = HessianSchedulerSettings(),
-                       inputs: str = "compressed", device=None, batch_size: int = 8) -> tuple[CompressionReport, Schedule]:
+                       probe: KindProbe | None = None, inputs: str = "compressed", device=None, batch_size: int = 8) -> tuple[CompressionReport, Schedule]:
     """Per-layer sparsities from one observe-only pass over the (dense) model, then compression with them:
     inputs="compressed", the standard sequential pass (inputs propagate through compressed blocks, as
     SparseGPT and OWL do); inputs="dense", every layer pruned from the dense model's stored Hessians
     (compress_with_hessians: the Hessian scheduler paper's assumption; SparseGPT / GPTQ only).
-    recipe.sparsity is the target mean; the report's timings gain the scheduling seconds (the observe-only pass
+    recipe.sparsity is the target mean (for "kind", the sparsity of every layer but `probe`'s kind); the report's timings gain the scheduling seconds (the observe-only pass
     included) and its `schedule` the per-layer inputs of the plan (a uniform plan from dense Hessians gets the
     error estimate at the target, to be compared with the error SparseGPT then makes)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule={schedule!r}; expected one of {SCHEDULES}.")
     if inputs not in SCHEDULE_INPUTS:
         raise ValueError(f"inputs={inputs!r}; expected one of {SCHEDULE_INPUTS}.")
+    if (schedule == "kind") != (probe is not None):
+        raise ValueError(f"schedule={schedule!r} with probe={probe!r}: a KindProbe goes with the 'kind' schedule only.")
     if isinstance(recipe.sparsity, Mapping) or recipe.parsed_pattern.structured or not METHODS[recipe.method].prunes:
         raise ValueError(f"a {schedule} schedule spreads one unstructured target sparsity over the layers; "
                          f"got method={recipe.method!r}, sparsity={recipe.sparsity!r}, pattern={recipe.pattern!r}.")
@@ -464,7 +490,9 @@ def scheduled_compress(model: nn.Module, recipe: Recipe, schedule: str, calibrat
     stats = None
     if schedule == "uniform":
         plan = uniform_schedule(sizes, target)
-    if schedule != "uniform" or inputs == "dense":
+    elif schedule == "kind":
+        plan = kind_schedule(sizes, target, probe)
+    if schedule in ("owl", "hessian") or inputs == "dense":
         stats = collect_dense_hessians(model, calibration_ids, device=device, batch_size=batch_size)
         if schedule == "owl":
             plan = owl_schedule(block_outlier_ratios(model, stats.hessians, owl.outlier_multiplier), sizes, target, owl)

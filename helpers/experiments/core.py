@@ -110,7 +110,8 @@ RECIPE_KEYS = {"damping", "block_size", "seed", "true_sequential"}
 EVALUATION_KEYS = {"activation_bits", "activation_granularity", "activation_symmetric", "kv_bits",
                    "kv_granularity", "kv_token_group_size", "kv_symmetric"}
 SCHEDULE_KEYS = {"schedule", "schedule_inputs", "owl_multiplier", "owl_spread", "schedule_levels",
-                 "schedule_clustering", "schedule_spread", "schedule_probe_sparsity", "schedule_normalize_by_size"}
+                 "schedule_clustering", "schedule_spread", "schedule_probe_sparsity", "schedule_normalize_by_size",
+                 "schedule_kind", "schedule_kind_extra"}
 SPEC_KEYS = {"method", "label", "family", "blocks"} | QUANT_KEYS | PRUNE_KEYS | RECIPE_KEYS | EVALUATION_KEYS | SCHEDULE_KEYS
 
 
@@ -146,7 +147,9 @@ def parse_variant(spec: Mapping[str, Any], calibration: CalibrationSettings | No
     `sparsity` over the layers from one observe-only pass, then compresses sequentially; OWL's
     `owl_multiplier` (M) and `owl_spread` (lambda); the Hessian scheduler's `schedule_levels`,
     `schedule_clustering`, `schedule_spread`, `schedule_probe_sparsity`, `schedule_normalize_by_size`;
-    `schedule_inputs` 'compressed' (default: sequential) or 'dense' (every layer from the dense Hessians).
+    `schedule_inputs` 'compressed' (default: sequential) or 'dense' (every layer from the dense Hessians);
+    'kind' prunes one layer kind `schedule_kind` (e.g. 'down_proj') `schedule_kind_extra` (default 0.1) more
+    than `sparsity`, every other layer at `sparsity` (what pruning that kind more costs).
     `blocks`: which decoder blocks the weight recipe and the KV cache touch ('all', or Gemma-3's
     'full_attention' / 'sliding_attention' blocks, or block indices; helpers.models.selected_blocks).
     `label` and `family` override the generated ones. Examples:
@@ -205,7 +208,8 @@ def parse_variant(spec: Mapping[str, Any], calibration: CalibrationSettings | No
     if spec.get("schedule") is not None:
         recipe, compress, schedule_settings = _schedule(spec, recipe)
         settings["schedule"] = schedule_settings
-        label += f" {spec['schedule']}" if spec["schedule"] != "uniform" else ""
+        label += (f" +{spec.get('schedule_kind_extra', 0.1):.0%} {spec['schedule_kind']}" if spec["schedule"] == "kind"
+                  else f" {spec['schedule']}" if spec["schedule"] != "uniform" else "")
         label += " (dense Hessians)" if schedule_settings["inputs"] == "dense" else ""
     elif set(spec) & (SCHEDULE_KEYS - {"schedule"}):
         raise ValueError(f"variant spec {spec!r} sets schedule parameters without 'schedule'; add e.g. "
@@ -253,8 +257,8 @@ def parse_variant(spec: Mapping[str, Any], calibration: CalibrationSettings | No
 
 def _schedule(spec: Mapping[str, Any], recipe: Recipe | None):
     """The schedule part of a spec: (recipe, compress(model, runner), recorded settings)."""
-    from ..compression.schedules import (SCHEDULE_INPUTS, SCHEDULES, HessianSchedulerSettings, OWLSettings,
-                                         scheduled_compress)
+    from ..compression.schedules import (SCHEDULE_INPUTS, SCHEDULES, HessianSchedulerSettings, KindProbe,
+                                         OWLSettings, scheduled_compress)
 
     name = spec["schedule"]
     if name not in SCHEDULES:
@@ -264,24 +268,31 @@ def _schedule(spec: Mapping[str, Any], recipe: Recipe | None):
                          "sparsity, e.g. {'method': 'sparsegpt', 'sparsity': 0.7, 'schedule': 'owl'}.")
     owl = OWLSettings(**{field: spec[key] for key, field in (("owl_multiplier", "outlier_multiplier"),
                                                              ("owl_spread", "spread")) if key in spec})
-    hessian = HessianSchedulerSettings(**{key.removeprefix("schedule_"): spec[key] for key in
-                                          ("schedule_levels", "schedule_clustering", "schedule_spread",
-                                           "schedule_probe_sparsity", "schedule_normalize_by_size") if key in spec})
+    hessian_keys = ("schedule_levels", "schedule_clustering", "schedule_spread", "schedule_probe_sparsity",
+                    "schedule_normalize_by_size")
+    hessian = HessianSchedulerSettings(**{key.removeprefix("schedule_"): spec[key] for key in hessian_keys
+                                          if key in spec})
     if name != "owl" and {"owl_multiplier", "owl_spread"} & set(spec):
         raise ValueError(f"owl_multiplier / owl_spread set but schedule={name!r}; they belong to 'owl'.")
+    if name != "hessian" and set(hessian_keys) & set(spec):
+        raise ValueError(f"{sorted(set(hessian_keys) & set(spec))} set but schedule={name!r}; they belong to "
+                         "'hessian'.")
+    if (name == "kind") != ("schedule_kind" in spec) or (name != "kind" and "schedule_kind_extra" in spec):
+        raise ValueError(f"variant spec {dict(spec)!r}: schedule 'kind' needs schedule_kind (e.g. 'down_proj'), and "
+                         "schedule_kind / schedule_kind_extra belong to it only.")
+    probe = KindProbe(spec["schedule_kind"], *([spec["schedule_kind_extra"]] if "schedule_kind_extra" in spec
+                                                else [])) if name == "kind" else None
     inputs = spec.get("schedule_inputs", "compressed")
     if inputs not in SCHEDULE_INPUTS or (inputs == "dense" and recipe.method not in ("sparsegpt", "gptq")):
         raise ValueError(f"schedule_inputs={inputs!r} with method {recipe.method!r}; expected one of {SCHEDULE_INPUTS} "
                          "('dense' prunes from stored Hessians: sparsegpt only).")
-    if name != "hessian" and {k for k in spec if k.startswith("schedule_") and k != "schedule_inputs"}:
-        raise ValueError(f"schedule_* parameters set but schedule={name!r}; they belong to 'hessian'.")
     recorded = {"name": name, "inputs": inputs, **({"owl": owl} if name == "owl" else {}),
-                **({"hessian": hessian} if name == "hessian" else {})}
+                **({"hessian": hessian} if name == "hessian" else {}), **({"probe": probe} if probe else {})}
 
     def compress(model, runner):
         calibration = runner.calibration(recipe.calibration)
-        report, _ = scheduled_compress(model, recipe, name, calibration, owl=owl, hessian=hessian, inputs=inputs,
-                                       device=runner.device, batch_size=runner.batch_size)
+        report, _ = scheduled_compress(model, recipe, name, calibration, owl=owl, hessian=hessian, probe=probe,
+                                       inputs=inputs, device=runner.device, batch_size=runner.batch_size)
         return report
 
     return recipe, compress, recorded

@@ -25,28 +25,33 @@ from ..data import CalibrationSettings
 from ..evaluation.metrics import DenseReference, evaluate
 from .core import Measurement, Point, Variant, parse_variant, variant_table
 
+COMPARED = ("uniform", "owl", "hessian")  # the schedules the claims compare ("kind" probes one layer kind)
 SPEC_NAMES = {"levels": "schedule_levels", "clustering": "schedule_clustering", "spread": "schedule_spread",
               "probe_sparsity": "schedule_probe_sparsity", "normalize_by_size": "schedule_normalize_by_size"}
 
 
 def schedule_variant(schedule: str, sparsity: float, seed: int, calibration: CalibrationSettings, *,
                      bits: int | None = None, inputs: str = "compressed", ablation: str | None = None,
-                     spec: Mapping | None = None) -> Variant:
+                     kind: str | None = None, extra: float = 0.1, spec: Mapping | None = None) -> Variant:
     """SparseGPT at mean `sparsity` spread over the layers by `schedule`, calibrated on `calibration` drawn
     with `seed`; `bits`: joint quantization (per channel); `inputs="dense"`: every layer from the dense
     Hessians; `ablation`: a label of `compression.schedules.scheduler_overrides` ("decades", "per weight",
-    "levels 2", ...) varying the Hessian scheduler's free choices; `spec`: further spec keys (e.g. OWL's).
+    "levels 2", ...) varying the Hessian scheduler's free choices; `kind` (schedule "kind" only): the layer kind
+    pruned `extra` more than `sparsity`, the rest at `sparsity`; `spec`: further spec keys (e.g. OWL's).
     The label names every one of these, so seeds and ablations never collide."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule={schedule!r}; expected one of {SCHEDULES}.")
     overrides = {SPEC_NAMES[k]: v for k, v in scheduler_overrides(ablation).items()} if ablation else {}
     if overrides and schedule != "hessian":
         raise ValueError(f"ablation={ablation!r} varies the Hessian scheduler; schedule={schedule!r} has none.")
-    label = (f"{schedule} s={sparsity:.2f}" + (f" {bits}-bit" if bits else "")
+    if (schedule == "kind") != (kind is not None):
+        raise ValueError(f"schedule={schedule!r} with kind={kind!r}: a layer kind goes with the 'kind' schedule only.")
+    probe = {"schedule_kind": kind, "schedule_kind_extra": extra} if kind else {}
+    label = (f"{schedule} s={sparsity:.2f}" + (f" +{extra:.2f} {kind}" if kind else "") + (f" {bits}-bit" if bits else "")
              + (" dense-H" if inputs == "dense" else "") + (f" [{ablation}]" if ablation else "") + f" seed={seed}")
     full = {"method": "sparsegpt", "sparsity": sparsity, "schedule": schedule, "label": label, "family": schedule,
             **({"bits": bits} if bits else {}), **({"schedule_inputs": inputs} if inputs != "compressed" else {}),
-            **overrides, **(spec or {})}
+            **overrides, **probe, **(spec or {})}
     variant = parse_variant(full, replace(calibration, seed=seed))
     variant.settings.update(seed=seed, ablation=ablation or "none")
     return variant
@@ -79,7 +84,8 @@ def window_measurement(reference: DenseReference) -> Measurement:
 
 POINT_SETTINGS = {"schedule": ("settings.schedule.name",), "sparsity": ("settings.recipe.sparsity",),
                   "bits": ("settings.bits",), "seed": ("settings.seed",), "inputs": ("settings.schedule.inputs",),
-                  "ablation": ("settings.ablation",)}
+                  "ablation": ("settings.ablation",), "kind": ("settings.schedule.probe.kind",),
+                  "extra": ("settings.schedule.probe.extra",)}
 
 
 def points_table(frame):
@@ -128,7 +134,7 @@ def schedule_frame(frame, points):
     nll = _per_window(frame, points, "window_nll").rename(columns={"value": "nll"})
     kl = _per_window(frame, points, "window_kl")[["label", "window", "value"]].rename(columns={"value": "kl"})
     out = nll.merge(kl, on=["label", "window"])
-    keep = (out.schedule.isin(SCHEDULES)) & (out.inputs == "compressed") & (out.ablation == "none")
+    keep = (out.schedule.isin(COMPARED)) & (out.inputs == "compressed") & (out.ablation == "none")
     return out[keep][["label", "method", "schedule", "sparsity", "bits", "seed", "window", "nll", "kl",
                       "ppl_ratio"]].reset_index(drop=True)
 
@@ -222,7 +228,7 @@ def layer_kinds(frame, points, sparsity: float, seed: int):
     variants; one row per (schedule, kind)."""
     rows = frame[frame.metric == "layer_error"][["label", "layer", "layer_sparsity", "value"]].join(points, on="label")
     rows = rows[(rows.sparsity == sparsity) & (rows.seed == seed) & rows.bits.isna() & (rows.inputs == "compressed")
-                & (rows.ablation == "none")]
+                & (rows.ablation == "none") & rows.schedule.isin(COMPARED)]
     rows = rows.assign(kind=rows.layer.str.rsplit(".", n=1).str[-1], layer_sparsity=rows.layer_sparsity.astype(float))
     return rows.groupby(["schedule", "kind"], sort=False).agg(
         sparsity=("layer_sparsity", "mean"), error=("value", "sum"), layers=("layer", "count")).reset_index()
@@ -256,3 +262,41 @@ def window_rows(frame, points):
     nll = _per_window(frame, points, "window_nll").rename(columns={"value": "nll"})
     kl = _per_window(frame, points, "window_kl")[["label", "window", "value"]].rename(columns={"value": "kl"})
     return nll.merge(kl, on=["label", "window"])
+
+
+def kind_sensitivity(rows, points, sparsity: float, kinds=None):
+    """What pruning one layer kind more costs, beside what the schedules give it: per kind probed at mean
+    `sparsity` (schedule "kind": that kind `extra` more, the rest uniform), the KL it adds over uniform at the same
+    sparsity, per percentage point of all decoder weights pruned more (paired by seed and window, crossed
+    bootstrap); with `kinds` (`layer_kinds` at that sparsity) also the mean sparsity each schedule gives that kind
+    there (columns "<schedule>_sparsity"). rows: `window_rows`; points: `points_table`. A kind whose added KL per
+    weight is high but that a schedule prunes more than the target is one the schedule misjudges."""
+    import pandas as pd
+
+    from ..evaluation.uncertainty import crossed_bootstrap
+
+    at = rows[(rows.sparsity == sparsity) & rows.bits.isna() & (rows.inputs == "compressed")
+              & (rows.ablation == "none")]
+    uniform = at[at.schedule == "uniform"].pivot_table(index="seed", columns="window", values="kl")
+    base = points[(points.schedule == "uniform") & (points.sparsity == sparsity) & points.bits.isna()
+                  & (points.inputs == "compressed") & (points.ablation == "none")]
+    out = []
+    for kind, group in at[at.schedule == "kind"].groupby("kind", sort=False):
+        grid = group.pivot_table(index="seed", columns="window", values="kl")
+        seeds = grid.index.intersection(uniform.index)
+        if not len(seeds):
+            continue
+        labels = group.label.unique()
+        added = float(points.loc[labels, "achieved_sparsity"].mean() - base.achieved_sparsity.mean()) * 100
+        r = crossed_bootstrap(grid.loc[seeds].to_numpy(), uniform.loc[seeds].to_numpy())
+        out.append({"kind": kind, "extra": float(group.extra.iloc[0]), "added_points": added,
+                    "kl_added": r["estimate"], "low": r["low"], "high": r["high"],
+                    "kl_per_point": r["estimate"] / added, "per_point_low": r["low"] / added,
+                    "per_point_high": r["high"] / added, "seeds": r["seeds"], "windows": r["windows"],
+                    "interval": r["interval"]})
+    out = pd.DataFrame(out)
+    if kinds is not None and len(kinds) and len(out):
+        given = kinds[kinds.schedule.isin(COMPARED)].pivot_table(index="kind", columns="schedule", values="sparsity")
+        given = given.add_suffix("_sparsity")
+        out = out.join(given, on="kind")
+    return out

@@ -75,33 +75,55 @@ def paired_figure(paired, *, title: str):
     return fig, finding
 
 
-def kinds_figure(kinds, *, title: str):
-    """Why a schedule wins or loses, per layer type: left the mean scheduled sparsity, right SparseGPT's summed
-    layer error (log axis), one bar per schedule."""
+def kinds_figure(kinds, *, title: str, sensitivity=None):
+    """Why a schedule wins or loses, per layer type: the mean scheduled sparsity, SparseGPT's summed layer error
+    (log axis), one bar per schedule; with `sensitivity` (`scheduler.kind_sensitivity`) a third panel: the KL that
+    pruning that type more adds, per percentage point of all weights, with its interval."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     schedules = [s for s in SCHEDULE_ORDER if s in set(kinds.schedule)]
     order = list(dict.fromkeys(kinds.kind))
     styles = series_styles(schedules)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    probed = sensitivity is not None and len(sensitivity) > 0
+    fig, axes = plt.subplots(1, 3 if probed else 2, figsize=(16 if probed else 12, 4.4))
+    left, right = axes[0], axes[1]
     width = 0.8 / max(len(schedules), 1)
     for i, schedule in enumerate(schedules):
         part = kinds[kinds.schedule == schedule].set_index("kind").reindex(order)
         x = np.arange(len(order)) + (i - (len(schedules) - 1) / 2) * width
         left.bar(x, part.sparsity, width, color=styles[schedule]["color"], label=schedule)
         right.bar(x, part.error, width, color=styles[schedule]["color"], label=schedule)
-    for ax in (left, right):
-        ax.set_xticks(range(len(order)), order, rotation=30)
     low = kinds.sparsity.min()
     left.set(ylabel="mean sparsity of the layer type", ylim=(max(0.0, low - 0.05), min(1.0, kinds.sparsity.max() + 0.05)))
     right.set(yscale="log", ylabel="SparseGPT's error, summed over blocks")
     left.legend(fontsize="x-small")
-    fig.suptitle(title, x=0.01, ha="left", fontsize="small")
-    fig.tight_layout()
-    table = kinds.pivot(index="kind", columns="schedule", values="sparsity").reindex(order)
+    table = kinds[kinds.schedule.isin(schedules)].pivot(index="kind", columns="schedule", values="sparsity").reindex(order)
     finding = "Mean sparsity per layer type: " + "; ".join(
         f"{schedule} {table[schedule].idxmin()} least ({table[schedule].min():.2f}), {table[schedule].idxmax()} most "
         f"({table[schedule].max():.2f})" for schedule in schedules if schedule != "uniform") + "."
+    if probed:
+        cost = sensitivity.set_index("kind").reindex([k for k in order if k in set(sensitivity.kind)])
+        x = [order.index(k) for k in cost.index]
+        cost_ax = axes[2]
+        cost_ax.bar(x, cost.kl_per_point, 0.6, color="0.55")
+        cost_ax.errorbar(x, cost.kl_per_point, yerr=[cost.kl_per_point - cost.per_point_low,
+                                                     cost.per_point_high - cost.kl_per_point],
+                         fmt="none", ecolor="black", capsize=3)
+        cost_ax.axhline(0, color="black", linewidth=0.6)
+        cost_ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.2g}"))  # no offset over the title
+        first = cost.iloc[0]
+        cost_ax.set(ylabel="KL added per 1% of all weights\npruned more (nats per token)",
+                    title=f"one type +{first.extra:.0%}, the rest uniform\n{first.interval}")
+        cost_ax.title.set_fontsize("x-small")
+        most, least = cost.kl_per_point.idxmax(), cost.kl_per_point.idxmin()
+        finding += (f" Pruning one type {first.extra:.0%} more costs most KL per weight for {most} "
+                    f"({cost.kl_per_point[most]:.3g} nats per point [{cost.per_point_low[most]:.3g}, "
+                    f"{cost.per_point_high[most]:.3g}]) and least for {least} ({cost.kl_per_point[least]:.3g}).")
+    for ax in axes:
+        ax.set_xticks(range(len(order)), order, rotation=30)
+    fig.suptitle(title, x=0.01, ha="left", fontsize="small")
+    fig.tight_layout()
     return fig, finding
 
 

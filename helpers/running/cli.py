@@ -139,7 +139,8 @@ SPEC_OPTIONS = {
     ],
     "layer-wise sparsity schedule (helpers.compression.schedules)": [
         ("--schedule", "schedule", str, "uniform | owl | hessian: spread --sparsity over the layers from one "
-                                        "observe-only pass, then compress sequentially"),
+                                        "observe-only pass, then compress sequentially; kind: one layer kind "
+                                        "pruned more (--schedule-kind)"),
         ("--schedule-inputs", "schedule_inputs", str, "compressed (default: sequential pruning) | dense (every "
                                                       "layer from the dense model's Hessians, the scheduler paper's "
                                                       "assumption)"),
@@ -151,6 +152,8 @@ SPEC_OPTIONS = {
         ("--schedule-probe-sparsity", "schedule_probe_sparsity", float, "sparsity the layer errors are estimated at "
                                                                         "(default: the target)"),
         ("--schedule-normalize-by-size", "schedule_normalize_by_size", bool, "cluster the error per weight"),
+        ("--schedule-kind", "schedule_kind", str, "kind schedule: the layer kind pruned more, e.g. down_proj"),
+        ("--schedule-kind-extra", "schedule_kind_extra", float, "kind schedule: how much more (default 0.1)"),
     ],
     "which decoder blocks (helpers.models.selected_blocks)": [
         ("--blocks", "blocks", "blocks", "compress (and quantize the KV cache of) only these blocks: all (default) | "

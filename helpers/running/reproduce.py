@@ -74,7 +74,7 @@ PROFILES: dict[str, dict[str, dict]] = {
     "04_hessian_scheduler": {
         "tiny": {"model": "tiny-llama", "calibration_count": 4, "calibration_seq_len": 32, "eval_seq_len": 64,
                  "max_windows": 6, "seeds": [0, 1], "ladder": [0.5, 0.7], "target_ratios": [], "nominal": [0.5, 0.7],
-                 "quant_bits": [4], "ablations": ["decades"], "dense_statistics": False},
+                 "quant_bits": [4], "ablations": ["decades"], "kind_probes": ["down_proj"], "dense_statistics": False},
         # cpu: the notebook's defaults (SmolLM2, 3 seeds x 64 windows of 512 tokens), in bf16 (see BF16)
         "cpu": BF16,
         # the second architecture: Gemma-3-270M at the same design (its 262K-entry output head makes an evaluation
@@ -82,6 +82,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         "long": {"model": "gemma3-270m", "max_windows": 32, "run_name": "gemma3",
                  "results_path": "../results/hessian_scheduler_gemma3.jsonl"},
         "paper": {"model": "facebook/opt-1.3b", "dtype": "float16", "device": "cuda", "threads": 8,
+                  "kind_probes": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
                   "calibration_count": 128, "calibration_seq_len": 2048, "eval_seq_len": 2048, "max_windows": None,
                   "ladder": [0.5, 0.6, 0.7, 0.8], "target_ratios": [1.3, 2.0, 3.5], "nominal": [0.7, 0.8],
                   "ablations": ["decades", "per weight", "levels 2", "probe 0.5", "spread 0.04"]},
