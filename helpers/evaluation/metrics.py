@@ -141,17 +141,17 @@ class DenseReference:
     lazy=True: the pass runs when they are first read (`hidden`, `nll`, `perplexity`, or `prepare()`), so a
     notebook re-executed over recorded results, where every variant is skipped, never pays for it; the model
     must still be dense then (a measurement built on it calls `prepare()` before the Runner compresses).
-    cache_dir: the pass's hidden states and token losses are also kept on disk there, in one file named by
-    `reference_digest` (every weight, the config, the windows, torch and transformers versions), so a run that
-    resumes in a new process reads them back instead of repeating the pass; the values are the same tensors."""
+    cache_dir: each window's hidden states and token losses are also kept on disk there, one file per window
+    named by `reference_digest` of the model (every weight, the config, torch and transformers versions) and of
+    the window's tokens, so a run resumed in a new process, or another notebook on the same windows, reads them
+    back instead of repeating the pass (the same tensors); `from_cache` counts the windows read back."""
 
     def __init__(self, model: nn.Module, windows: torch.Tensor, *, progress: bool = True, lazy: bool = False,
                  cache_dir: str | Path | None = None):
         self.windows = windows
         self._model, self._progress = model, progress
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
-        self.cache_path: Path | None = None  # the file read or written, once the pass has been asked for
-        self.from_cache = False
+        self.from_cache = 0
         if not lazy:
             self.prepare()
 
@@ -160,23 +160,33 @@ class DenseReference:
         _ = self._pass
         self._model = None  # the reference no longer needs the model
 
+    def cache_paths(self) -> list[Path]:
+        """The cache file of each window (needs the model: call before `prepare`)."""
+        if self.cache_dir is None:
+            return []
+        model = reference_digest(self._model)[:16]
+        return [self.cache_dir / f"dense_{model}_{reference_digest(None, w)[:16]}.pt" for w in self.windows]
+
     @functools.cached_property
     def _pass(self) -> tuple[list[torch.Tensor], torch.Tensor]:
-        if self.cache_dir is not None:
-            self.cache_path = self.cache_dir / f"dense_{reference_digest(self._model, self.windows)[:24]}.pt"
-            if self.cache_path.exists():
-                stored = torch.load(self.cache_path, weights_only=True)
-                self.from_cache = True
-                return list(stored["hidden"]), stored["nll"]
-        hidden = [final_hidden(self._model, w[None])[0].cpu()
-                  for w in tqdm(self.windows, desc="dense reference", disable=not self._progress)]
-        nll = torch.stack([token_nll(self._model, h, w) for h, w in zip(hidden, self.windows)])
-        if self.cache_path is not None:
-            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            partial = self.cache_path.with_suffix(".partial")
-            torch.save({"hidden": hidden, "nll": nll}, partial)
-            partial.replace(self.cache_path)  # a run killed while saving leaves no half-written cache
-        return hidden, nll
+        paths = self.cache_paths()
+        hidden, nll = [], []
+        for index, window in enumerate(tqdm(self.windows, desc="dense reference", disable=not self._progress)):
+            path = paths[index] if paths else None
+            if path is not None and path.exists():
+                stored = torch.load(path, weights_only=True)
+                hidden.append(stored["hidden"])
+                nll.append(stored["nll"])
+                self.from_cache += 1
+                continue
+            hidden.append(final_hidden(self._model, window[None])[0].cpu())
+            nll.append(token_nll(self._model, hidden[-1], window))
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_suffix(".partial")
+                torch.save({"hidden": hidden[-1], "nll": nll[-1]}, partial)
+                partial.replace(path)  # a run killed while saving leaves no half-written file
+        return hidden, torch.stack(nll)
 
     @property
     def hidden(self) -> list[torch.Tensor]:
@@ -194,16 +204,20 @@ class DenseReference:
         return sum(h.numel() * h.element_size() for h in self.hidden)
 
 
-def reference_digest(model: nn.Module, windows: torch.Tensor, *, extra: str = "") -> str:
-    """sha256 of what a dense pass depends on: every tensor of the model's state (name, dtype, shape, bytes), its
-    config, the windows, and the torch and transformers versions (a different forward gives another digest)."""
+def reference_digest(model: nn.Module | None, *tensors: torch.Tensor, extra: str = "") -> str:
+    """sha256 of what a pass depends on: with a model, every tensor of its state (name, dtype, shape, bytes), its
+    config and the torch and transformers versions (a different forward gives another digest); then `tensors`
+    (e.g. the windows) and `extra`."""
     import transformers
 
-    digest = hashlib.sha256()
-    config = getattr(model, "config", None)
-    digest.update(f"torch {torch.__version__} transformers {transformers.__version__} {extra}".encode())
-    digest.update((config.to_json_string(use_diff=False) if config is not None else type(model).__name__).encode())
-    for name, tensor in [("windows", windows)] + sorted(model.state_dict().items()):
+    digest = hashlib.sha256(extra.encode())
+    named = [(f"tensor {i}", t) for i, t in enumerate(tensors)]
+    if model is not None:
+        config = getattr(model, "config", None)
+        digest.update(f"torch {torch.__version__} transformers {transformers.__version__}".encode())
+        digest.update((config.to_json_string(use_diff=False) if config is not None else type(model).__name__).encode())
+        named += sorted(model.state_dict().items())
+    for name, tensor in named:
         data = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name} {data.dtype} {tuple(data.shape)}".encode())
         digest.update(data.reshape(-1).view(torch.uint8).numpy())
