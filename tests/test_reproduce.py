@@ -1,4 +1,5 @@
 """helpers.running.reproduce on small synthetic notebooks: parameters per profile, failures, skipping, SUMMARY.md."""
+import io
 from pathlib import Path
 
 import nbformat
@@ -104,6 +105,9 @@ def test_reproduce_runs_all_reports_failures_skips_up_to_date(tmp_path):
                    parameters=params.format("a", "a"))       # code changed: run again
     assert [o.status for o in rp.reproduce("tiny", only=["00", "02"], **run)] == ["ran", "ran"]
     assert [o.status for o in rp.reproduce("tiny", only=["00"], redo=True, **run)] == ["ran"]
+    stream = io.StringIO()                                   # a background run's log shows what cells print
+    rp.reproduce("tiny", only=["00"], redo=True, stream=stream, **run)
+    assert "changed" in stream.getvalue()
 
 
 def test_inplace_refreshes_the_source_notebook_and_figures(tmp_path):

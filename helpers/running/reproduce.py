@@ -306,10 +306,12 @@ def scrub_paths(nb, root: Path = REPO_ROOT):
 
 
 def execute(notebook: Path, output: Path, parameters: dict, cwd: Path, *, profile: str = "custom",
-            timeout: int | None = None, root: Path = REPO_ROOT) -> None:
+            timeout: int | None = None, root: Path = REPO_ROOT, stream=None) -> None:
     """Run one notebook with papermill; the executed copy records how it was made (even on failure).
 
-    Paths under `root` in the executed copy are made relative to it (see `scrub_paths`).
+    Paths under `root` in the executed copy are made relative to it (see `scrub_paths`). stream: a text file
+    (e.g. sys.stdout) the cells' printed output is copied to as it comes, so a run in the background shows
+    its progress (each recorded variant) in its log; the executed copy is also saved after every cell.
     """
     import nbformat
     import papermill
@@ -320,7 +322,8 @@ def execute(notebook: Path, output: Path, parameters: dict, cwd: Path, *, profil
     error = None
     try:
         papermill.execute_notebook(str(notebook), str(output), parameters=parameters, cwd=str(cwd),
-                                   progress_bar=False, execution_timeout=timeout)
+                                   progress_bar=False, execution_timeout=timeout, stdout_file=stream,
+                                   stderr_file=stream)
     except Exception as err:  # noqa: BLE001 - recorded, then raised again
         error = err
     if output.exists():
@@ -386,7 +389,7 @@ def reproduce(profile: str, *, only: list[str] | None = None, redo: bool = False
               output_dir: Path | None = None, inplace: bool = False,
               notebooks_dir: Path | None = None, repo_root: Path = REPO_ROOT,
               overrides: dict | None = None, kernel: bool = True, from_committed: bool = False,
-              log=print) -> list[Outcome]:
+              log=print, stream=None) -> list[Outcome]:
     """Run the notebooks of `notebooks_dir` in `profile`; one failure does not stop the others.
 
     from_committed: re-execute only the notebooks that have committed runs (results/committed/NN_verdicts*/
@@ -440,7 +443,7 @@ def reproduce(profile: str, *, only: list[str] | None = None, redo: bool = False
         started = time.perf_counter()
         try:
             if kernel:
-                execute(notebook, output, parameters, cwd, profile=profile, root=repo_root)
+                execute(notebook, output, parameters, cwd, profile=profile, root=repo_root, stream=stream)
             else:
                 execute_in_process(notebook, parameters, cwd, log=log)
         except Exception as err:  # noqa: BLE001 - report at the end, go on with the next notebook
@@ -563,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         outcomes = reproduce(args.profile, only=args.only, redo=args.redo, output_dir=args.output_dir,
                              inplace=args.inplace, overrides=parse_overrides(args.overrides),
-                             kernel=not args.no_kernel, from_committed=args.from_committed)
+                             kernel=not args.no_kernel, from_committed=args.from_committed, stream=sys.stdout)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
