@@ -271,9 +271,9 @@ def test_dense_row_comes_from_the_reference_and_a_lazy_reference_is_never_run_wh
     eager = DenseReference(model, windows, progress=False)
     frame = latest_frame(table)
     dense = frame[(frame.label == "dense") & (frame.metric == "perplexity")].value.item()
-    assert dense == pytest.approx(eager.perplexity, rel=1e-6) and "hidden" in first.__dict__
+    assert dense == pytest.approx(eager.perplexity, rel=1e-6) and "_pass" in first.__dict__
     assert (frame[(frame.label == "dense") & frame.metric.isin(["kl_bin", "kl_context"])].value == 0).all()
     pruned = frame[(frame.label == "magnitude 50%") & (frame.metric == "mean_kl")].value.item()
     assert pruned > 0                                               # the reference ran on the dense model
     again = run()
-    assert "hidden" not in again.__dict__                           # everything recorded: no dense pass
+    assert "_pass" not in again.__dict__                            # everything recorded: no dense pass
