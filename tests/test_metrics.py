@@ -1,5 +1,7 @@
 import math
 
+import pytest
+
 import torch
 
 from helpers.evaluation.metrics import (DenseReference, evaluate, final_hidden, kl_from_hidden, kl_unchunked,
@@ -123,6 +125,8 @@ def test_a_cached_dense_reference_is_read_back_identical_and_never_for_other_wei
     paths = first.cache_paths()
     first.prepare()
     assert first.from_cache == 0 and all(p.exists() for p in paths) and len(set(paths)) == len(tokens)
+    with pytest.raises(RuntimeError, match="released the model"):  # no silent model-less digest after the pass
+        first.cache_paths()
     again = DenseReference(model, tokens, progress=False, cache_dir=tmp_path)
     assert again.from_cache == len(tokens)
     assert all(torch.equal(a, b) for a, b in zip(again.hidden, first.hidden)) and torch.equal(again.nll, first.nll)

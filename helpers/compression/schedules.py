@@ -128,7 +128,7 @@ class Schedule:
         rows = []
         for name, sparsity in self.sparsity.items():
             rows.append({"schedule": self.name, "target": self.target, "layer": name, "block": block_index(name),
-                         "kind": name.rsplit(".", 1)[-1], "size": self.sizes[name], "sparsity": sparsity,
+                         "kind": layer_kind(name), "size": self.sizes[name], "sparsity": sparsity,
                          **self.inputs.get(name, {})})
         return rows
 
@@ -139,6 +139,11 @@ def block_index(name: str) -> int:
     if not numbers:
         raise ValueError(f"layer name {name!r} holds no block index; expected a name from compressed_linears().")
     return numbers[0]
+
+
+def layer_kind(name: str) -> str:
+    """The kind of a compressed linear from its name, e.g. 'model.layers.3.mlp.up_proj' -> 'up_proj'."""
+    return name.rsplit(".", 1)[-1]
 
 
 def layer_sizes(model: nn.Module) -> dict[str, int]:
@@ -165,9 +170,9 @@ def kind_schedule(sizes: Mapping[str, int], target: float, probe: KindProbe) -> 
     """Uniform at `target` except the layers of `probe.kind`, at target + probe.extra: what pruning one layer
     kind more costs with the rest unchanged (the mean rises by extra x the kind's share of the weights)."""
     _check_target(target + probe.extra, 0.0, 1.0)
-    chosen = [n for n in sizes if n.rsplit(".", 1)[-1] == probe.kind]
+    chosen = [n for n in sizes if layer_kind(n) == probe.kind]
     if not chosen:
-        kinds = sorted({n.rsplit(".", 1)[-1] for n in sizes})
+        kinds = sorted({layer_kind(n) for n in sizes})
         raise ValueError(f"no compressed linear of kind {probe.kind!r}; this model has {kinds}.")
     sparsity = {n: float(target) + (probe.extra if n in chosen else 0.0) for n in sizes}
     return Schedule("kind", target, sparsity, dict(sizes), asdict(probe),
@@ -467,13 +472,15 @@ SCHEDULE_INPUTS = ("compressed", "dense")
 @torch.no_grad()
 def scheduled_compress(model: nn.Module, recipe: Recipe, schedule: str, calibration_ids: torch.Tensor, *,
                        owl: OWLSettings = OWLSettings(), hessian: HessianSchedulerSettings = HessianSchedulerSettings(),
-                       probe: KindProbe | None = None, inputs: str = "compressed", device=None, batch_size: int = 8) -> tuple[CompressionReport, Schedule]:
+                       probe: KindProbe | None = None, inputs: str = "compressed", device=None,
+                       batch_size: int = 8) -> tuple[CompressionReport, Schedule]:
     """Per-layer sparsities from one observe-only pass over the (dense) model, then compression with them:
     inputs="compressed", the standard sequential pass (inputs propagate through compressed blocks, as
     SparseGPT and OWL do); inputs="dense", every layer pruned from the dense model's stored Hessians
     (compress_with_hessians: the Hessian scheduler paper's assumption; SparseGPT / GPTQ only).
-    recipe.sparsity is the target mean (for "kind", the sparsity of every layer but `probe`'s kind); the report's timings gain the scheduling seconds (the observe-only pass
-    included) and its `schedule` the per-layer inputs of the plan (a uniform plan from dense Hessians gets the
+    recipe.sparsity is the target mean (for "kind", the sparsity of every layer but `probe`'s kind); the report's
+    timings gain the scheduling seconds (the observe-only pass included) and its `schedule` the per-layer inputs
+    of the plan (a uniform plan from dense Hessians gets the
     error estimate at the target, to be compared with the error SparseGPT then makes)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule={schedule!r}; expected one of {SCHEDULES}.")

@@ -164,6 +164,8 @@ class DenseReference:
         """The cache file of each window (needs the model: call before `prepare`)."""
         if self.cache_dir is None:
             return []
+        if self._model is None:
+            raise RuntimeError("the dense pass has run and released the model: its cache paths are no longer known.")
         model = reference_digest(self._model)[:16]
         return [self.cache_dir / f"dense_{model}_{reference_digest(None, w)[:16]}.pt" for w in self.windows]
 

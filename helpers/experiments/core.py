@@ -208,7 +208,8 @@ def parse_variant(spec: Mapping[str, Any], calibration: CalibrationSettings | No
     if spec.get("schedule") is not None:
         recipe, compress, schedule_settings = _schedule(spec, recipe)
         settings["schedule"] = schedule_settings
-        label += (f" +{spec.get('schedule_kind_extra', 0.1):.0%} {spec['schedule_kind']}" if spec["schedule"] == "kind"
+        probe = schedule_settings.get("probe")
+        label += (f" +{probe.extra:.0%} {probe.kind}" if probe is not None
                   else f" {spec['schedule']}" if spec["schedule"] != "uniform" else "")
         label += " (dense Hessians)" if schedule_settings["inputs"] == "dense" else ""
     elif set(spec) & (SCHEDULE_KEYS - {"schedule"}):

@@ -20,7 +20,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..compression.schedules import SCHEDULES, scheduler_overrides
+from ..compression.schedules import SCHEDULES, KindProbe, layer_kind, scheduler_overrides
 from ..data import CalibrationSettings
 from ..evaluation.metrics import DenseReference, evaluate
 from .core import Measurement, Point, Variant, parse_variant, variant_table
@@ -32,7 +32,7 @@ SPEC_NAMES = {"levels": "schedule_levels", "clustering": "schedule_clustering", 
 
 def schedule_variant(schedule: str, sparsity: float, seed: int, calibration: CalibrationSettings, *,
                      bits: int | None = None, inputs: str = "compressed", ablation: str | None = None,
-                     kind: str | None = None, extra: float = 0.1, spec: Mapping | None = None) -> Variant:
+                     kind: str | None = None, extra: float = KindProbe.extra, spec: Mapping | None = None) -> Variant:
     """SparseGPT at mean `sparsity` spread over the layers by `schedule`, calibrated on `calibration` drawn
     with `seed`; `bits`: joint quantization (per channel); `inputs="dense"`: every layer from the dense
     Hessians; `ablation`: a label of `compression.schedules.scheduler_overrides` ("decades", "per weight",
@@ -149,7 +149,7 @@ def layer_error_frame(frame, points, *, schedule: str = "uniform"):
     rows = rows[rows.estimate.notna()].join(points[["schedule", "ppl_ratio"]], on="label")
     rows = rows[rows.schedule == schedule]
     return rows.assign(estimated_error=rows.estimate.astype(float), measured_error=rows.value.astype(float),
-                       kind=rows.layer.str.rsplit(".", n=1).str[-1])[
+                       kind=rows.layer.map(layer_kind))[
         ["label", "layer", "kind", "estimated_error", "measured_error", "ppl_ratio"]].reset_index(drop=True)
 
 
@@ -229,7 +229,7 @@ def layer_kinds(frame, points, sparsity: float, seed: int):
     rows = frame[frame.metric == "layer_error"][["label", "layer", "layer_sparsity", "value"]].join(points, on="label")
     rows = rows[(rows.sparsity == sparsity) & (rows.seed == seed) & rows.bits.isna() & (rows.inputs == "compressed")
                 & (rows.ablation == "none") & rows.schedule.isin(COMPARED)]
-    rows = rows.assign(kind=rows.layer.str.rsplit(".", n=1).str[-1], layer_sparsity=rows.layer_sparsity.astype(float))
+    rows = rows.assign(kind=rows.layer.map(layer_kind), layer_sparsity=rows.layer_sparsity.astype(float))
     return rows.groupby(["schedule", "kind"], sort=False).agg(
         sparsity=("layer_sparsity", "mean"), error=("value", "sum"), layers=("layer", "count")).reset_index()
 
