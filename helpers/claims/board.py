@@ -150,7 +150,7 @@ def to_markdown(table) -> str:
              "|---|---|---|---|---|---|---|"]
     for row in table.to_dict("records"):
         regime = ", ".join(part for part in (_cell(row.get("run", "")), _cell(row.get("model", "")),
-                                             f"ppl {_cell(row['ppl_ratio'])}x"
+                                             f"worst ppl {_cell(row['ppl_ratio'])}x"
                                              if isinstance(row.get("ppl_ratio"), float)
                                              and math.isfinite(row["ppl_ratio"]) else "", row["regime"]) if part)
         lines.append(f"| {row['id']} | {_cell(row['claim'])} | {_cell(row['measured'])} | "
