@@ -573,3 +573,14 @@ def test_lc7_averages_a_rule_run_with_several_seeds_over_them():
     frame.loc[frame.protection_rule == "hessian", "late_bin_kl"] *= 2.0   # magnitude's groups leave half the error
     result = decide("LC7", frame)
     assert result.verdict == R and result.n == 8 and "3 seeds" in result.points[0].name
+
+
+def test_a_claims_worst_perplexity_ratio_leaves_out_its_untestable_points():
+    # a collapsed point (5x dense) is untestable: the ratio the verdict rests on is the working point's
+    frame = growth_frame({"label": "rtn 4-bit", "factor": 1.6, "family": "quantization", "method": "rtn", "sparsity": 0,
+                          "ppl_ratio": 1.5},
+                         {"label": "rtn 2-bit", "factor": 1.6, "family": "quantization", "method": "rtn", "sparsity": 0,
+                          "ppl_ratio": 5.0})
+    result = decide("LC1", frame)
+    assert [p.verdict.verdict for p in result.points].count(U) == 1, result.why
+    assert result.ppl_ratio == pytest.approx(1.5)

@@ -126,7 +126,7 @@ class ClaimVerdict:
     """The verdict on one claim in one regime. The measured numbers (estimate, low, high, n, unit,
     interval name, detectable effect) are those of the headline point: the first point whose verdict is
     the claim's (all points are in `points`). `ppl_ratio`: the worst perplexity ratio to dense among the
-    points; `regime`: "nominal" (the paper's setting) or "damage-matched" (the setting whose perplexity
+    testable points; `regime`: "nominal" (the paper's setting) or "damage-matched" (the setting whose perplexity
     ratio matches the paper model's); `rule`: the test and the aggregation rule."""
 
     id: str
@@ -241,7 +241,8 @@ def _decide(claim: Claim, points: list[Point], frame, regime: str = "nominal", w
     headline = next((p for p in points if p.verdict.verdict == overall.verdict), points[0])
     if len(points) > 1:
         why = f"{why}; {headline.name}: {headline.verdict.why}"
-    ratios = [p.ppl_ratio for p in points if math.isfinite(p.ppl_ratio)]
+    # the worst ratio among the points the verdict rests on: an untestable (e.g. collapsed) point is left out
+    ratios = [p.ppl_ratio for p in points if math.isfinite(p.ppl_ratio) and p.verdict.verdict != rules.UNTESTABLE]
     i = headline.interval
     return ClaimVerdict(claim.id, claim.paper, claim.words, i.estimate, i.low, i.high, i.n, claim.unit, i.name,
                         i.detectable_effect, _models(frame), max(ratios) if ratios else float("nan"), regime,
