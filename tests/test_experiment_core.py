@@ -115,6 +115,26 @@ def test_a_killed_run_loses_nothing_and_resumes_past_a_half_written_line(tiny, t
     assert len(frame[frame.metric == "mean_abs_weight"]) == 2
 
 
+def test_each_variant_is_calibrated_on_the_tokens_its_recipe_records(tiny, tmp_path):
+    """Two recipes that differ only in the calibration seed are calibrated on different tokens (each draw
+    once), so a row's recorded seed is the seed its weights came from; the same seed reproduces the weights."""
+    model, _, _ = tiny
+    weights = {}
+
+    def checksum(point):
+        weights[point.variant.label] = torch.cat([linear_weight(m).flatten() for m in compressed_linears(model).values()])
+        return [{"metric": "nonzero", "value": float((weights[point.variant.label] != 0).sum())}]
+
+    variants = [Variant(f"wanda seed={k} ({i})", Recipe(method="wanda", sparsity=0.5, calibration=CalibrationSettings(
+        dataset="c4", n_samples=2, seq_len=32, seed=k))) for i, k in enumerate((0, 1, 0))]
+    runner = quiet_runner(model, ResultsTable(tmp_path / "r.jsonl"), tokenizer=ByteTokenizer())
+    runner.run(variants, [Measurement("probe", checksum)])
+    drawn = {settings.seed: ids for settings, ids in runner._calibration.items()}
+    assert sorted(drawn) == [0, 1] and not torch.equal(drawn[0], drawn[1])
+    first, other, again = (weights[v.label] for v in variants)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
 def test_runner_refuses_a_calibration_longer_than_the_context_before_any_measurement(tiny, tmp_path):
     model, _, _ = tiny
     measured = []

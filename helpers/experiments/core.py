@@ -364,7 +364,6 @@ class Runner:
     protocol: dict
     snapshot: ModelSnapshot | None = None
     tokenizer: Any = None
-    calibration_ids: torch.Tensor | None = None  # used for every variant when given; else sampled per recipe
     device: Any = None
     batch_size: int = 8
     run_id: str | None = None
@@ -392,15 +391,11 @@ class Runner:
         return sorted("unknown" if version is None else str(version) for version in found)
 
     def calibration(self, settings: CalibrationSettings) -> torch.Tensor:
-        if self.calibration_ids is not None:  # the given ids must be what the variant records it used
-            if tuple(self.calibration_ids.shape) != (settings.n_samples, settings.seq_len):
-                raise ValueError(f"the Runner's calibration_ids have shape {tuple(self.calibration_ids.shape)} but a "
-                                 f"variant's recipe records {settings.n_samples} x {settings.seq_len} calibration "
-                                 "tokens; pass ids sampled with those settings, or the tokenizer instead.")
-            return self.calibration_ids
+        """The calibration tokens a recipe records (dataset, count, length and seed), drawn once per settings:
+        a variant never runs on ids drawn for another recipe's settings."""
         if settings not in self._calibration:
             if self.tokenizer is None:
-                raise ValueError("a variant needs calibration data: give the Runner tokenizer= or calibration_ids=.")
+                raise ValueError("a variant needs calibration data: give the Runner tokenizer=.")
             self._calibration[settings] = calibration_samples(self.tokenizer, settings)
         return self._calibration[settings]
 
@@ -434,8 +429,7 @@ class Runner:
             if variant.recipe is not None:
                 check_recipe(self.model, variant.recipe)
             calibration = variant.recipe.calibration if variant.needs_calibration else None
-            if pending[variant.label] and calibration is not None and self.calibration_ids is None \
-                    and calibration not in checked:
+            if pending[variant.label] and calibration is not None and calibration not in checked:
                 check_calibration(calibration, context_length=context_length(self.model))
                 checked.add(calibration)
         reports = {}

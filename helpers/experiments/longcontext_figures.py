@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from ..plotting import ratio_axis, series_styles
+from ..plotting import LINESTYLES, ratio_axis, series_styles
 
 FAMILY_PANELS = ("pruning", "quantization", "activations")
 POINTS_BELOW = 10  # fewer windows than this: draw each window's points, not a band
@@ -101,21 +101,28 @@ def growth_figure(summary, *, title: str, early: tuple[int, int], late: tuple[in
     return fig, finding
 
 
+def _forest(ax, rows, labels, colors, *, xlabel: str, band: float | None = None) -> None:
+    """One row per paired comparison (estimate and its interval against a ratio axis), top to bottom in order."""
+    ax.axvline(1.0, color="grey", lw=0.8)
+    if band is not None:
+        ax.axvspan(1 / band, band, color="grey", alpha=0.15)
+    for y, (row, color) in enumerate(zip(rows.itertuples(), colors)):
+        ax.errorbar(row.estimate, y, xerr=[[row.estimate - row.low], [row.high - row.estimate]], marker="o",
+                    color=color, capsize=3, ls="none")
+    ax.set_yticks(range(len(rows)), labels, fontsize="small")
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ratio_axis(ax)
+    ax.set_xlabel(xlabel)
+
+
 def paired_figure(paired, *, title: str):
     """Forest plot of quantized / pruned growth ratios at matched damage (paired over windows)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8.5, 0.5 * max(len(paired), 1) + 1.8))
-    ax.axvline(1.0, color="grey", lw=0.8)
-    ax.axvspan(1 / 1.1, 1.1, color="grey", alpha=0.15)
-    for y, row in enumerate(paired.itertuples()):
-        ax.errorbar(row.estimate, y, xerr=[[row.estimate - row.low], [row.high - row.estimate]], marker="o",
-                    color="tab:purple", capsize=3, ls="none")
-    ax.set_yticks(range(len(paired)), [f"{r.a} ({r.ppl_ratio_a:.2g}x) / {r.b} ({r.ppl_ratio_b:.2g}x)"
-                                       for r in paired.itertuples()], fontsize="small")
-    ax.invert_yaxis()
-    ratio_axis(ax)
-    ax.set_xlabel("growth ratio, quantized / pruned (late/early KL ratio per window; > 1: quantized grows more)")
+    _forest(ax, paired, [f"{r.a} ({r.ppl_ratio_a:.2g}x) / {r.b} ({r.ppl_ratio_b:.2g}x)" for r in paired.itertuples()],
+            ["tab:purple"] * len(paired), band=1.1,
+            xlabel="growth ratio, quantized / pruned (late/early KL ratio per window; > 1: quantized grows more)")
     windows = int(paired.windows.max()) if len(paired) else 0
     fig.suptitle(title + f"\npairs at matched perplexity; geometric mean, 95% t-interval over {windows} windows; "
                  "grey band: within 10%", x=0.01, ha="left", fontsize="small")
@@ -197,6 +204,11 @@ def blocks_figure(kl_bins, table, summary, pairs, *, window_size: int, title: st
 
 
 # --------------------------------------------------------------------------- notebook 02: outlier protection
+def _seed_suffix(label: str) -> str:
+    """' seed=k' when a variant's label names its calibration seed, else ''."""
+    return " " + label.rsplit(" ", 1)[1] if " seed=" in label else ""
+
+
 def _grid_name(bits, group_size) -> str:
     return f"{bits:g}-bit " + (f"g{group_size:g}" if group_size == group_size and group_size else "per-channel")
 
@@ -210,25 +222,44 @@ def protection_bits_figure(summary, *, title: str, early: tuple[int, int], late:
 
     rules = [r for r in dict.fromkeys(summary.protection_rule) if r != "none"]
     styles = series_styles(rules)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
-    for (bits, group), grid in summary.groupby([summary.bits, summary.group_size.fillna(0)], sort=False):
+    dodge = {rule: 0.012 * (i - (len(rules) - 1) / 2) for i, rule in enumerate(rules)}  # bits; rules side by side
+    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 4.8))
+    panels = ((left, "late_kl", "late_kl_low", "late_kl_high"), (right, "late/early", "low", "high"))
+
+    def draw(rows, *, x, label, line, **style):
+        for ax, column, low, high in panels:
+            ax.errorbar(x, rows[column], yerr=[(rows[column] - rows[low]).clip(lower=0), rows[high] - rows[column]],
+                        capsize=2, label=label if ax is right else None, ls=line, **style)
+
+    grids = summary.groupby([summary.bits, summary.group_size.fillna(0)], sort=False)
+    for (bits, group), grid in grids:
         plain = grid[grid.protected_fraction == 0]
+        line = LINESTYLES[list(grids.groups).index((bits, group)) % len(LINESTYLES)]
+        draw(plain, x=plain.bits_per_weight, label=f"unprotected, {_grid_name(bits, group)}", line="none",
+             color="black", marker="X", markersize=8)
         for rule in rules:
-            rows = pd.concat([plain, grid[grid.protection_rule == rule]]).sort_values("bits_per_weight")
-            label = f"{rule}, {_grid_name(bits, group)}"
-            for ax, column, low, high in ((left, "late_kl", "late_kl_low", "late_kl_high"),
-                                          (right, "late/early", "low", "high")):
-                ax.errorbar(rows.bits_per_weight, rows[column], yerr=[(rows[column] - rows[low]).clip(lower=0),
-                                                                       rows[high] - rows[column]],
-                            capsize=2, marker=styles[rule]["marker"], color=styles[rule]["color"], label=label)
+            protected = grid[grid.protection_rule == rule].sort_values("bits_per_weight")
+            if not len(protected):
+                continue
+            first = protected.groupby("protected_fraction").head(1)  # one seed a line; the others as points
+            rows = pd.concat([plain, first])
+            style = {"color": styles[rule]["color"], "marker": styles[rule]["marker"]}
+            draw(rows, x=rows.bits_per_weight + np.array([0] * len(plain) + [dodge[rule]] * len(first)),
+                 label=f"{rule}, {_grid_name(bits, group)}" + (", one point a seed" if len(first) < len(protected)
+                                                                 else ""), line=line, **style)
+            seeds = protected.drop(first.index)
+            if len(seeds):
+                draw(seeds, x=seeds.bits_per_weight + dodge[rule] + 0.004 * (1 + np.arange(len(seeds))), label=None,
+                     line="none", **style)
     left.set(yscale="log", xlabel="effective bits per weight", ylabel=f"mean KL over [{late[0]}, {late[1]}), nats")
     right.axhspan(0.9, 1.1, color="grey", alpha=0.15)
     right.axhline(1.0, color="grey", lw=0.8)
     right.set(xlabel="effective bits per weight", ylabel=f"KL [{late[0]}, {late[1]}) / KL [{early[0]}, {early[1]})")
-    right.legend(fontsize="x-small", loc="best")
+    right.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1))
     windows = int(summary.windows.max())
-    fig.suptitle(title + f"\nleftmost point of each line: unprotected; 95% t-intervals over {windows} windows; "
-                 "grey band: flat margin [0.9, 1.1]", x=0.01, ha="left", fontsize="small")
+    fig.suptitle(title + f"\nX: unprotected grid; 95% t-intervals over {windows} windows; rules offset by up to "
+                 f"{max(dodge.values(), default=0):.3f} bits to stay apart; grey band: flat margin [0.9, 1.1]",
+                 x=0.01, ha="left", fontsize="small")
     fig.tight_layout()
     plain = summary[summary.protected_fraction == 0]
     finding = (f"Over {windows} windows: unprotected " + ", ".join(
@@ -240,33 +271,32 @@ def protection_bits_figure(summary, *, title: str, early: tuple[int, int], late:
 
 
 def protection_paired_figure(versus_plain, versus_rule, summary, *, title: str):
-    """Left: growth ratio protected / unprotected against the protected fraction, per rule; right: late-bin KL
-    ratio magnitude / other rule at the same fraction; paired over windows (geometric mean, 95% t-interval)."""
+    """Two forest plots, paired over windows (geometric mean, 95% t-interval): left, the growth ratio of each
+    protected setting over its unprotected grid; right, the late-bin KL of magnitude selection over each other
+    rule at the same fraction. One row per comparison, coloured by the rule, so no point sits on another."""
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.4), squeeze=True)
     rules = [r for r in dict.fromkeys(summary.protection_rule) if r != "none"]
     styles = series_styles(rules)
-    for ax, paired, key, ylabel in ((left, versus_plain, "a", "growth ratio, protected / unprotected"),
-                                    (right, versus_rule, "b", "late-bin KL, magnitude / other rule")):
+    rows = max(len(versus_plain), len(versus_rule), 1)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 0.42 * rows + 2.2))
+    panels = ((left, versus_plain, "a", "growth ratio, protected / unprotected grid (< 1: protection helps)"),
+              (right, versus_rule, "b", "late-bin KL ratio, magnitude / other rule (< 1: magnitude better)"))
+    for ax, paired, key, xlabel in panels:
         if not len(paired):
             ax.text(0.5, 0.5, "no pairs in this run", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
             continue
-        paired = paired.assign(rule=paired[key].map(summary.protection_rule),
-                               fraction=paired["a"].map(summary.protected_fraction) * 100)
-        for index, (rule, rows) in enumerate(paired.groupby("rule", sort=False)):
-            rows = rows.sort_values("fraction")
-            dodge = 1 + 0.04 * index  # rules at one fraction side by side, not on top of each other
-            ax.errorbar(rows.fraction * dodge, rows.estimate, yerr=[rows.estimate - rows.low, rows.high - rows.estimate],
-                        capsize=3, marker=styles[rule]["marker"], color=styles[rule]["color"],
-                        label=rule if key == "a" else f"vs {rule}")
-        ax.axhline(1.0, color="grey", lw=0.8)
-        ratio_axis(ax)
-        ax.set(xlabel="protected groups, % of groups (log axis)", ylabel=ylabel)
-        ax.legend(fontsize="x-small")
+        rule = paired[key].map(summary.protection_rule)
+        labels = [f"{_grid_name(summary.bits[r], summary.group_size[r])}: {summary.protection_rule[r]} "
+                  f"{summary.protected_fraction[r] * 100:g}%{_seed_suffix(r)} ({summary.ppl_ratio[r]:.2g}x ppl"
+                  + (")" if summary.working[r] else ", collapsed)")
+                  for r in paired[key]]
+        _forest(ax, paired, labels, [styles[r]["color"] for r in rule], xlabel=xlabel)
     windows = int(summary.windows.max())
-    fig.suptitle(title + f"\npaired over {windows} windows: geometric mean, 95% t-interval; < 1: protection helps "
-                 "(left), magnitude picks better groups (right)", x=0.01, ha="left", fontsize="small")
+    fig.suptitle(title + f"\npaired over {windows} windows: geometric mean, 95% t-interval; label: the protected "
+                 "setting (left) or the rule magnitude is compared with (right), with its perplexity ratio",
+                 x=0.01, ha="left", fontsize="small")
     fig.tight_layout()
     helps = versus_plain[versus_plain.high < 1] if len(versus_plain) else versus_plain
     finding = (f"Paired over {windows} windows: {len(helps)} of {len(versus_plain)} protected settings reduce the "
@@ -289,8 +319,9 @@ def protection_heatmap(maps, *, title: str):
     for ax, rule in zip(axes[0], rules):
         grid = maps[maps.protection_rule == rule].pivot_table(index="block", columns="projection", values="value")
         sns.heatmap(grid[projections], ax=ax, vmin=0, vmax=1, cmap="mako_r", cbar=ax is axes[0][-1],
-                    cbar_kws={"label": "share in the top input column group"})
-        ax.set(title=rule, xlabel="")
+                    cbar_kws={"label": "share in the top input column group"},
+                    yticklabels=max(1, math.ceil(len(grid) / 16)))  # at most ~16 block labels: none overprinted
+        ax.set(title=rule, xlabel="", ylabel="block" if ax is axes[0][0] else "")
     fig.suptitle(title, x=0.01, ha="left", fontsize="small")
     fig.tight_layout()
     return fig
