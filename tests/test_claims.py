@@ -312,6 +312,26 @@ def test_lc6_needs_a_baseline_that_grows():
     assert nothing.verdict == U and "no growth to remove" in nothing.why
 
 
+def test_lc6_and_lc7_compare_a_setting_with_its_own_grid_only():
+    # two 3-bit grids: g128 grows, g32 does not; g32's protected setting has nothing to remove (not judged
+    # against g128's baseline), and magnitude on g128 is compared with random on g128, not on g32
+    g128, g32 = {"bits": 3, "group_size": 128}, {"bits": 3, "group_size": 32}
+    frame = growth_frame({"label": "g128", "factor": 1.8, "protection_rule": "none", "protected_fraction": 0.0, **g128},
+                         {"label": "g32", "factor": 1.0, "protection_rule": "none", "protected_fraction": 0.0, **g32},
+                         {"label": "g32 + 2% magnitude", "factor": 1.0, "protection_rule": "magnitude",
+                          "protected_fraction": 0.02, **g32},
+                         {"label": "g128 + 2% magnitude", "factor": 1.0, "protection_rule": "magnitude",
+                          "protected_fraction": 0.02, **g128},
+                         {"label": "g32 + 2% random", "factor": 1.0, "protection_rule": "random",
+                          "protected_fraction": 0.02, **g32})
+    lc6 = decide("LC6", frame)
+    assert [p.name.split(" (")[0] for p in lc6.points] == ["g32 + 2% magnitude", "g128 + 2% magnitude"]
+    assert "does not grow" in lc6.points[0].verdict.why and lc6.verdict == R
+    lc7 = decide("LC7", frame)
+    assert [p.name for p in lc7.points] == ["magnitude vs random (3/g32, 0.02 kept)"]
+    assert decide("LC6", frame.drop(columns="group_size")).points[0].verdict.why != lc6.points[0].verdict.why  # bits alone mix them
+
+
 def task_frame(points: dict, *, n: int = 200, dense_accuracy: float = 0.6, chance: float = 0.25, seed: int = 0,
                task: str = "trivia", task_kind: str = "knowledge") -> pd.DataFrame:
     """points: {label: (share of dense-correct answers kept, settings)}; one row per example, scores 0/1."""

@@ -405,21 +405,32 @@ def decide_lc5(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
 PROTECTION_COLUMNS = (*GROWTH_COLUMNS, "bits", "protected_fraction", "protection_rule")
 
 
+def _grid(frame):
+    """Each row's quantization grid, "bits/group size" ("bits/channel" for one grid per output channel; the
+    group size is optional in the frame): settings are compared with the baseline of their own grid only."""
+    bits = frame["bits"].astype(float).map("{:g}".format)
+    if "group_size" not in frame:
+        return bits
+    group = frame["group_size"].astype(float)
+    return bits + "/" + group.map(lambda g: f"g{g:g}" if g == g and g > 0 else "channel")
+
+
 def decide_lc6(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
     """LC6, keeping ~2% of weight groups at 8 bits removes the growth. Frame "protection": columns of
     LC1 plus bits (of the unprotected groups), protected_fraction (0 for the unprotected baseline) and
-    protection_rule ("none", "magnitude", "random", ...). Per magnitude-protected variant with a fraction
-    in [1%, 5%]: the unprotected baseline at the same bits must grow (else there is nothing to remove:
+    protection_rule ("none", "magnitude", "random", ...), optionally group_size. Per magnitude-protected
+    variant with a fraction in [1%, 5%]: the unprotected baseline on the same grid (bits, group size) must grow (else there is nothing to remove:
     untestable); then its growth ratio within FLAT_MARGIN."""
     _require(frame, PROTECTION_COLUMNS, claim)
     fraction = frame["protected_fraction"].astype(float)
     protected = frame[(frame["protection_rule"] == "magnitude") & (fraction >= 0.01) & (fraction <= 0.05)]
     points = []
+    grid = _grid(frame)
     for label, rows in protected.groupby("label", sort=False):
-        bits = float(rows["bits"].iloc[0])
-        base = frame[(frame["protected_fraction"].astype(float) == 0) & (frame["bits"].astype(float) == bits)]
+        bits, mine = float(rows["bits"].iloc[0]), grid[rows.index[0]]
+        base = frame[(fraction == 0) & (grid == mine)]
         if base.empty:
-            points.append(_skipped(str(label), f"no unprotected baseline at {bits:g} bits", _ratio(rows)))
+            points.append(_skipped(str(label), f"no unprotected baseline on its grid ({mine})", _ratio(rows)))
             continue
         grows = rules.superiority(*_unpack(rules.growth_interval(base["early_bin_kl"], base["late_bin_kl"],
                                                                  unit=claim.unit)),
@@ -439,17 +450,18 @@ def _unpack(interval: Interval) -> tuple[float, float, float, int]:
 
 def decide_lc7(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
     """LC7, magnitude is the rule that picks the groups to keep. Frame "protection" (as LC6). For each
-    other rule (not "none", not "magnitude") at the same bits and protected fraction: per window, late-bin
+    other rule (not "none", not "magnitude") on the same grid (bits, group size) and protected fraction: per window, late-bin
     KL of the magnitude-protected variant / that of the other, below 1 (by at least GROWTH_EFFECT). A rule
     run with several calibration seeds (several labels) enters with its late-bin KL averaged over them."""
     _require(frame, PROTECTION_COLUMNS, claim)
     points = []
+    frame = frame.assign(grid=_grid(frame))
     magnitude = frame[frame["protection_rule"] == "magnitude"]
     others = frame[~frame["protection_rule"].isin(["none", "magnitude"]) & (frame["protected_fraction"] > 0)]
-    for (bits, fraction, rule), rows in others.groupby(["bits", "protected_fraction", "protection_rule"], sort=False):
-        mine = magnitude[(magnitude["bits"] == bits) & (magnitude["protected_fraction"] == fraction)]
+    for (grid, fraction, rule), rows in others.groupby(["grid", "protected_fraction", "protection_rule"], sort=False):
+        mine = magnitude[(magnitude["grid"] == grid) & (magnitude["protected_fraction"] == fraction)]
         seeds = rows["label"].nunique()
-        name = f"magnitude vs {rule} ({bits:g} bits, {fraction:.3g} kept" + (f", {seeds} seeds)" if seeds > 1 else ")")
+        name = f"magnitude vs {rule} ({grid}, {fraction:.3g} kept" + (f", {seeds} seeds)" if seeds > 1 else ")")
         if mine.empty:
             points.append(_skipped(name, "no magnitude-protected variant at these settings", _ratio(rows)))
             continue

@@ -22,13 +22,17 @@ def ladder_figure(points, matched: dict, *, title: str):
                    & (points.ablation == "none")]
     mean = rungs.groupby("sparsity").ppl_ratio.apply(lambda r: float(np.exp(np.log(r).mean())))
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
-    ax.scatter(rungs.sparsity, rungs.ppl_ratio, s=14, color="tab:blue", alpha=0.5, label="one calibration seed")
-    ax.plot(mean.index, mean.values, color="tab:blue", marker="o", label="geometric mean over seeds")
+    seeds = int(rungs.groupby("sparsity").size().max()) if len(rungs) else 0
+    if seeds > 1:
+        ax.scatter(rungs.sparsity, rungs.ppl_ratio, s=14, color="tab:blue", alpha=0.5, label="one calibration seed")
+    ax.plot(mean.index, mean.values, color="tab:blue", marker="o",
+            label="geometric mean over seeds" if seeds > 1 else "uniform SparseGPT (one calibration seed)")
     ax.axhline(WORKING_MAX_PPL_RATIO, color="tab:red", ls="--", lw=1, label=f"working threshold ({WORKING_MAX_PPL_RATIO:g}x)")
-    for target, sparsity in matched.items():
+    for target, sparsity in matched.items():  # the reading at the foot of its line, clear of the curve and threshold
         ax.plot([sparsity, sparsity], [1, target], color="grey", ls=":", lw=1)
-        ax.annotate(f"{target:g}x -> {sparsity:.2f}", (sparsity, target), textcoords="offset points", xytext=(4, -12),
-                    fontsize="small", color="dimgrey")
+        ax.text(sparsity, 0.04, f" {target:g}x -> {sparsity:.2f}", transform=ax.get_xaxis_transform(), rotation=90,
+                ha="right", va="bottom", fontsize="small", color="dimgrey",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
     ax.set(yscale="log", xlabel="mean sparsity (fraction of decoder-linear weights pruned)",
            ylabel="perplexity / dense (log axis)")
     ax.legend(fontsize="x-small", loc="upper left")
