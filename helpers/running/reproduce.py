@@ -57,9 +57,11 @@ INPLACE_PROFILES = ("cpu", "long")
 # of greedy answers. 01 stays float32 (late-bin floor 0.0013 is 5.3% of a 10% growth of GPTQ g128's ~0.25 nats),
 # 03 stays float32 (its claims turn on answers, which bf16 alone changes by 11-15%); 02 (protection moves KL by
 # 0.05-0.34 nats: floor 0.4-2.6%) and 04 (schedules differ by >= 5% of ~0.8 nats: floor 2-3%) run in bf16, which
-# also makes their compression passes 1.5x faster. The long profiles stay float32: on Gemma-3 the float32 head
-# over its 262K-entry vocabulary dominates an evaluation, so bf16 buys little there.
-BF16 = {"dtype": "bfloat16"}
+# also makes their compression passes 1.5x faster: bf16 is their parameters cell's default, so the committed cpu
+# run is the notebook as it stands (no injected parameters). Their tiny profiles run float32 (FLOAT32), which keeps
+# that path tested. The long profiles stay float32: on Gemma-3 the float32 head over its 262K-entry vocabulary
+# dominates an evaluation, so bf16 buys little there.
+FLOAT32 = {"dtype": "float32"}
 
 # Per-notebook parameters for each profile; `cpu` is normally empty (the notebook's own defaults).
 # A notebook without an entry gets only {"profile": name}. Tiny runs must finish in about 2 minutes
@@ -74,12 +76,13 @@ PROFILES: dict[str, dict[str, dict]] = {
     "04_hessian_scheduler": {
         "tiny": {"model": "tiny-llama", "calibration_count": 4, "calibration_seq_len": 32, "eval_seq_len": 64,
                  "max_windows": 6, "seeds": [0, 1], "ladder": [0.5, 0.7], "target_ratios": [], "nominal": [0.5, 0.7],
-                 "quant_bits": [4], "ablations": ["decades"], "kind_probes": ["down_proj"], "dense_statistics": False},
-        # cpu: the notebook's defaults (SmolLM2, 3 seeds x 64 windows of 512 tokens), in bf16 (see BF16)
-        "cpu": BF16,
+                 "quant_bits": [4], "ablations": ["decades"], "kind_probes": ["down_proj"], "dense_statistics": False,
+                 **FLOAT32},
+        # cpu: the notebook's defaults (SmolLM2, 3 seeds x 64 windows of 512 tokens, bf16: see FLOAT32)
+        "cpu": {},
         # the second architecture: Gemma-3-270M at the same design (its 262K-entry output head makes an evaluation
         # ~5x the cost of SmolLM2's: 32 windows)
-        "long": {"model": "gemma3-270m", "max_windows": 32, "run_name": "gemma3",
+        "long": {"model": "gemma3-270m", "max_windows": 32, "run_name": "gemma3", **FLOAT32,
                  "results_path": "../results/hessian_scheduler_gemma3.jsonl"},
         "paper": {"model": "facebook/opt-1.3b", "dtype": "float16", "device": "cuda", "threads": 8,
                   "kind_probes": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
@@ -161,8 +164,8 @@ PROFILES: dict[str, dict[str, dict]] = {
         "tiny": {"model": "tiny-llama", "max_context": 64, "n_windows": 3, "smallest_context": 8,
                  "grids": [{"method": "rtn", "bits": 3, "group_size": 32}],
                  "protections": [["magnitude", 0.05], ["random", 0.05]],
-                 "heatmap_fraction": 0.05, "calibration_samples": 4, "calibration_seq_len": 32},
-        "cpu": BF16,  # see BF16 above
+                 "heatmap_fraction": 0.05, "calibration_samples": 4, "calibration_seq_len": 32, **FLOAT32},
+        "cpu": {},  # the notebook's defaults, bf16 (see FLOAT32 above)
         "paper": {"model": "togethercomputer/LLaMA-2-7B-32K", "dtype": "float16", "device": "cuda",
                   "max_context": 32768, "n_windows": 8, "smallest_context": 1024,
                   "grids": [{"method": "rtn", "bits": 3, "group_size": 128}, {"method": "rtn", "bits": 4, "group_size": 128}],
