@@ -26,24 +26,32 @@ def test_variants_name_schedule_seed_bits_inputs_and_ablation():
         sc.schedule_variant("uniform", 0.5, 0, CALIBRATION, ablation="decades")
 
 
-def ladder(ratios):
+def ladder(ratios, *, main=None):
+    """Uniform points: the ladder's rungs on seed 0 at `ratios`, the same sparsities on seed 1 at 1.5x (a main
+    run's other seed) and `main` ({sparsity: ratio}) on seed 0, a main run's matched points between the rungs."""
     rows = [{"label": "dense", "schedule": "dense", "sparsity": 0.0, "bits": np.nan, "inputs": "compressed",
-             "ablation": "none", "ppl_ratio": 1.0}]
+             "ablation": "none", "ppl_ratio": 1.0, "seed": np.nan}]
     rows += [{"label": f"u{s}-{seed}", "schedule": "uniform", "sparsity": s, "bits": np.nan, "inputs": "compressed",
-              "ablation": "none", "ppl_ratio": r * (1.02 if seed else 1 / 1.02)}
+              "ablation": "none", "ppl_ratio": r * (1.5 if seed else 1), "seed": seed}
              for s, r in ratios.items() for seed in (0, 1)]
+    rows += [{"label": f"main{s}", "schedule": "uniform", "sparsity": s, "bits": np.nan, "inputs": "compressed",
+              "ablation": "none", "ppl_ratio": r, "seed": 0} for s, r in (main or {}).items()]
     return pd.DataFrame(rows).set_index("label")
 
 
-def test_the_damage_ladder_interpolates_log_ratio_in_sparsity():
-    points = ladder({0.3: 1.2, 0.5: 2.0, 0.7: 8.0})
-    matched = sc.matched_sparsities(points, [2.0, 4.0])
-    assert matched[2.0] == 0.5                                   # a rung hit exactly (seeds averaged geometrically)
+def test_the_damage_ladder_reads_its_own_rungs_and_interpolates_log_ratio_in_sparsity():
+    points = ladder({0.3: 1.2, 0.5: 2.0, 0.7: 8.0}, main={0.4: 5.0, 0.55: 1.1})
+    rungs = sc.ladder_rungs(points, [0.3, 0.5, 0.7], seed=0)
+    assert rungs.to_dict() == {0.3: 1.2, 0.5: 2.0, 0.7: 8.0}   # no other seed, no main-run point between rungs
+    matched = sc.matched_sparsities(rungs, [2.0, 4.0])
+    assert matched[2.0] == 0.5                                   # a rung hit exactly
     assert matched[4.0] == 0.6                                   # halfway in log ratio between 2x and 8x
     with pytest.raises(ValueError, match="outside the ladder"):
-        sc.matched_sparsities(points, [10.0])
+        sc.matched_sparsities(rungs, [10.0])
+    with pytest.raises(ValueError, match="no uniform 16-bit point at sparsity \\[0.6\\]"):
+        sc.ladder_rungs(points, [0.3, 0.6], seed=0)
     with pytest.raises(ValueError, match="do not rise"):
-        sc.matched_sparsities(ladder({0.3: 1.2, 0.5: 1.1}), [1.15])
+        sc.matched_sparsities(sc.ladder_rungs(ladder({0.3: 1.2, 0.5: 1.1}), [0.3, 0.5], seed=0), [1.15])
 
 
 def test_frames_from_a_tiny_run_carry_what_every_hs_claim_reads(tmp_path):

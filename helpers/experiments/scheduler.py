@@ -99,14 +99,25 @@ def points_table(frame):
     return out.astype({"sparsity": float, "bits": float})
 
 
-def matched_sparsities(points, targets: Sequence[float]) -> dict[float, float]:
-    """The damage ladder: for each target perplexity ratio, the mean sparsity at which uniform SparseGPT
-    (16-bit, sequential, no ablation; every seed's ratio averaged) reaches it, by linear interpolation of
-    log ratio in sparsity between the measured rungs, rounded to 0.01. A target outside the ladder raises:
-    measure a wider ladder."""
-    rungs = points[(points.schedule == "uniform") & points.bits.isna() & (points.inputs == "compressed")
-                   & (points.ablation == "none")]
-    ladder = rungs.groupby("sparsity").ppl_ratio.apply(lambda r: float(np.exp(np.log(r).mean()))).sort_index()
+def ladder_rungs(points, sparsities: Sequence[float], seed: int):
+    """The damage ladder's rungs: uniform SparseGPT's perplexity ratio (16-bit, sequential, no ablation) at each
+    of the ladder's `sparsities`, from the ladder's calibration `seed` only (index: sparsity, sorted). The main
+    run's uniform points (other sparsities, other seeds) never enter, so the matched sparsities read off the
+    rungs do not move when the run adds points. A missing rung raises: measure the ladder first."""
+    uniform = points[(points.schedule == "uniform") & points.bits.isna() & (points.inputs == "compressed")
+                     & (points.ablation == "none") & (points.seed == seed)]
+    rungs = uniform[uniform.sparsity.isin([float(s) for s in sparsities])].set_index("sparsity").ppl_ratio
+    missing = sorted(set(float(s) for s in sparsities) - set(rungs.index))
+    if missing:
+        raise ValueError(f"the damage ladder has no uniform 16-bit point at sparsity {missing} for seed {seed}; "
+                         "run the ladder's cell first.")
+    return rungs[~rungs.index.duplicated()].sort_index()
+
+
+def matched_sparsities(ladder, targets: Sequence[float]) -> dict[float, float]:
+    """For each target perplexity ratio, the mean sparsity at which uniform SparseGPT reaches it on the damage
+    ladder (`ladder_rungs`), by linear interpolation of log ratio in sparsity between the rungs, rounded to
+    0.01. A target outside the ladder raises: measure a wider ladder."""
     if len(ladder) < 2:
         raise ValueError(f"the damage ladder has {len(ladder)} uniform 16-bit point(s); measure at least two sparsities.")
     logs = np.log(ladder.to_numpy())

@@ -13,20 +13,14 @@ from ..plotting import ratio_axis, series_styles
 SCHEDULE_ORDER = ("uniform", "owl", "hessian")
 
 
-def ladder_figure(points, matched: dict, *, title: str):
-    """Uniform SparseGPT's perplexity ratio to dense against mean sparsity (each seed a dot, their geometric
-    mean a line), the target ratios and the sparsities read off for them, the working threshold dashed."""
+def ladder_figure(rungs, matched: dict, *, title: str):
+    """Uniform SparseGPT's perplexity ratio to dense against mean sparsity on the damage ladder's rungs
+    (`scheduler.ladder_rungs`, one calibration seed), the target ratios and the sparsities read off for them,
+    the working threshold dashed."""
     import matplotlib.pyplot as plt
 
-    rungs = points[(points.schedule == "uniform") & points.bits.isna() & (points.inputs == "compressed")
-                   & (points.ablation == "none")]
-    mean = rungs.groupby("sparsity").ppl_ratio.apply(lambda r: float(np.exp(np.log(r).mean())))
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
-    seeds = int(rungs.groupby("sparsity").size().max()) if len(rungs) else 0
-    if seeds > 1:
-        ax.scatter(rungs.sparsity, rungs.ppl_ratio, s=14, color="tab:blue", alpha=0.5, label="one calibration seed")
-    ax.plot(mean.index, mean.values, color="tab:blue", marker="o",
-            label="geometric mean over seeds" if seeds > 1 else "uniform SparseGPT (one calibration seed)")
+    ax.plot(rungs.index, rungs.values, color="tab:blue", marker="o", label="uniform SparseGPT (one calibration seed)")
     ax.axhline(WORKING_MAX_PPL_RATIO, color="tab:red", ls="--", lw=1, label=f"working threshold ({WORKING_MAX_PPL_RATIO:g}x)")
     for target, sparsity in matched.items():  # the reading at the foot of its line, clear of the curve and threshold
         ax.plot([sparsity, sparsity], [1, target], color="grey", ls=":", lw=1)
@@ -38,7 +32,7 @@ def ladder_figure(points, matched: dict, *, title: str):
     ax.legend(fontsize="x-small", loc="upper left")
     fig.suptitle(title + "\nuniform SparseGPT, 16-bit, sequential: the damage ladder", x=0.01, ha="left", fontsize="small")
     fig.tight_layout()
-    finding = ("Uniform SparseGPT costs " + ", ".join(f"{r:.2f}x at {s:.2f}" for s, r in mean.items())
+    finding = ("Uniform SparseGPT costs " + ", ".join(f"{r:.2f}x at {s:.2f}" for s, r in rungs.items())
                + " dense perplexity; the matched sparsities are " + ", ".join(f"{s:.2f} ({t:g}x)" for t, s in matched.items())
                + ".")
     return fig, finding
