@@ -111,7 +111,7 @@ def ladder_rungs(points, sparsities: Sequence[float], seed: int):
     if missing:
         raise ValueError(f"the damage ladder has no uniform 16-bit point at sparsity {missing} for seed {seed}; "
                          "run the ladder's cell first.")
-    return rungs[~rungs.index.duplicated()].sort_index()
+    return rungs.sort_index()
 
 
 def matched_sparsities(ladder, targets: Sequence[float]) -> dict[float, float]:
