@@ -96,19 +96,24 @@ def save_figure(fig, name: str, output_dir: str | Path, table, *, finding: str |
 
 # the one list of verdicts (helpers.claims.rules decides them; their meanings are written there)
 VERDICTS = ("reproduced", "partly", "not reproduced", "inconclusive", "untestable here")
-def ratio_axis(ax) -> None:
-    """The x axis of ratios, called after plotting: a log axis with plain tick labels (0.5, 1, 2) when the data
-    span a factor of 4 or more, else a linear axis (a log axis over 0.9-1.2 would show one tick)."""
+
+
+def ratio_axis(ax, axis: str = "x") -> None:
+    """An axis of ratios (`axis` "x" or "y"), called after plotting: a log axis with plain tick labels (0.5, 1, 2)
+    when the data span a factor of 4 or more, else a linear axis (a log axis over 0.9-1.2 would show one tick)."""
     from matplotlib.ticker import FuncFormatter, LogLocator
 
-    low, high = ax.get_xlim()
+    if axis not in ("x", "y"):
+        raise ValueError(f"axis={axis!r}; expected 'x' or 'y'.")
+    low, high = ax.get_xlim() if axis == "x" else ax.get_ylim()
     if low <= 0 or high / low < 4:
         return
-    ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_minor_locator(LogLocator(base=10, subs=(3.0, 4.0, 6.0, 7.0, 8.0, 9.0)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
-    ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: ""))
+    scale, target = (ax.set_xscale, ax.xaxis) if axis == "x" else (ax.set_yscale, ax.yaxis)
+    scale("log")
+    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    target.set_minor_locator(LogLocator(base=10, subs=(3.0, 4.0, 6.0, 7.0, 8.0, 9.0)))
+    target.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    target.set_minor_formatter(FuncFormatter(lambda x, _: ""))
 
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")

@@ -312,6 +312,28 @@ def test_lc6_needs_a_baseline_that_grows():
     assert nothing.verdict == U and "no growth to remove" in nothing.why
 
 
+@pytest.mark.parametrize("protected, baseline, kwargs, expected", [
+    (1.0, 1.8, {}, R),                        # all the growth removed, the rest flat
+    (1.2, 2.0, {}, P),                        # q = 1.2 / 2**0.5 < 1: most removed, 1.2 is past the flat margin
+    (1.7, 1.8, {}, NR),                       # q = 1.7 / 1.8**0.5 > 1: protection leaves most of it
+    (1.3, 1.69, {}, NR),                      # q = 1.3 / 1.69**0.5 = 1 straddles 1, and 1.3 still grows past 1.1
+    (1.12, 1.25, {"spread": 0.15}, I),        # noisy windows: q contains 1 and the protected growth straddles 1.1
+    (1.0, 1.8, {"windows": 3}, P),            # three windows: at most partly
+    (1.0, 1.8, {"ppl_ratio": 4.0}, U),        # collapsed
+])
+def test_lc6_pairs_protected_and_unprotected_growth_by_window(protected, baseline, kwargs, expected):
+    # per window the protected growth against the baseline's square root: below 1 when over half the log growth
+    # is gone; both settings share the windows' early KL noise (same seed), as a real paired run does
+    frame = growth_frame({"label": "protect 2%", "factor": protected, "bits": 4, "protection_rule": "magnitude",
+                          "protected_fraction": 0.02, "seed": 7, **kwargs},
+                         {"label": "rtn 4-bit", "factor": baseline, "bits": 4, "protection_rule": "none",
+                          "protected_fraction": 0.0, "seed": 7, **{k: v for k, v in kwargs.items() if k != "ppl_ratio"}})
+    result = decide("LC6", frame)
+    assert result.verdict == expected, result.why
+    if expected != U:
+        assert "unprotected growth^0.5" in result.interval and result.n == kwargs.get("windows", 8)
+
+
 def test_lc6_and_lc7_compare_a_setting_with_its_own_grid_only():
     # two 3-bit grids: g128 grows, g32 does not; g32's protected setting has nothing to remove (not judged
     # against g128's baseline), and magnitude on g128 is compared with random on g128, not on g32
@@ -604,3 +626,19 @@ def test_a_claims_worst_perplexity_ratio_leaves_out_its_untestable_points():
     result = decide("LC1", frame)
     assert [p.verdict.verdict for p in result.points].count(U) == 1, result.why
     assert result.ppl_ratio == pytest.approx(1.5)
+
+
+def test_board_points_lists_what_each_verdict_rests_on():
+    protection = {"bits": 4, "protection_rule": "magnitude", "seed": 3}
+    frame = growth_frame({"label": "rtn 4-bit", "factor": 1.8, "bits": 4, "protection_rule": "none",
+                          "protected_fraction": 0.0, "seed": 3},
+                         {"label": "protect 1%", "factor": 1.0, "protected_fraction": 0.01, **protection},
+                         {"label": "protect 2%", "factor": 1.7, "protected_fraction": 0.02, **protection},
+                         {"label": "protect 5%", "factor": 1.0, "protected_fraction": 0.05, "ppl_ratio": 4.0,
+                          **protection})
+    points = board_module.board_points({"protection": frame}, claims=["LC6"])
+    verdict = board_module.board({"protection": frame}, claims=["LC6"]).verdict.iloc[0]
+    assert list(points.point.str.split(" \\(").str[0]) == ["protect 1%", "protect 2%", "protect 5%"]
+    assert list(points.verdict) == [R, NR, U] and verdict == P          # one removes, one does not: partly
+    assert (points.n[:2] == 8).all() and points.estimate[0] < 1 < points.low[1]
+    assert board_module.board_points({}, claims=["LC6"]).empty           # no frame: no points, same columns

@@ -29,6 +29,23 @@ COMMITTED = Path("results") / "committed"
 FIGURES = Path("figures")
 
 
+def _records(frames: Mapping[str, "object"], claims: Sequence[str] | None, missing_reason: str):
+    """The ClaimVerdict of every (claim, regime) of `claims` (default: every registered claim)."""
+    unknown = sorted(set(claims or ()) - set(CLAIMS))
+    if unknown:
+        raise ValueError(f"claims {unknown} are not registered; known: {sorted(CLAIMS)}.")
+    for claim in (CLAIMS[c] for c in claims) if claims is not None else CLAIMS.values():
+        frame = frames.get(claim.frame)
+        for regime in regimes(claim):
+            if frame is None or len(frame) == 0:
+                yield untestable(claim, f"{missing_reason} (frame {claim.frame!r})", regime=regime)
+                continue
+            try:
+                yield decide(claim, frame, regime)
+            except MissingColumns as error:
+                yield untestable(claim, str(error), regime=regime)
+
+
 def board(frames: Mapping[str, "object"], *, claims: Sequence[str] | None = None,
           missing_reason: str = "no results"):
     """One row per claim (and regime, for claims with a damage-matched one) from tidy frames keyed by frame
@@ -37,22 +54,21 @@ def board(frames: Mapping[str, "object"], *, claims: Sequence[str] | None = None
     decided by its registered decider."""
     import pandas as pd
 
-    unknown = sorted(set(claims or ()) - set(CLAIMS))
-    if unknown:
-        raise ValueError(f"claims {unknown} are not registered; known: {sorted(CLAIMS)}.")
-    rows = []
-    for claim in (CLAIMS[c] for c in claims) if claims is not None else CLAIMS.values():
-        frame = frames.get(claim.frame)
-        for regime in regimes(claim):
-            if frame is None or len(frame) == 0:
-                record = untestable(claim, f"{missing_reason} (frame {claim.frame!r})", regime=regime)
-            else:
-                try:
-                    record = decide(claim, frame, regime)
-                except MissingColumns as error:
-                    record = untestable(claim, str(error), regime=regime)
-            rows.append(record.as_row())
-    return pd.DataFrame(rows)
+    return pd.DataFrame([record.as_row() for record in _records(frames, claims, missing_reason)])
+
+
+def board_points(frames: Mapping[str, "object"], *, claims: Sequence[str] | None = None):
+    """The points each verdict of `board` rests on: one row per (claim, regime, point) with the point's
+    interval, n, worst perplexity ratio, its own verdict and why (a point the aggregate left out, e.g. a
+    collapsed one, shows as "untestable here" with its reason)."""
+    import pandas as pd
+
+    rows = [{"id": record.id, "regime": record.regime, "point": p.name, "estimate": p.interval.estimate,
+             "low": p.interval.low, "high": p.interval.high, "n": p.interval.n, "ppl_ratio": p.ppl_ratio,
+             "verdict": p.verdict.verdict, "why": p.verdict.why}
+            for record in _records(frames, claims, "no results") for p in record.points]
+    return pd.DataFrame(rows, columns=["id", "regime", "point", "estimate", "low", "high", "n", "ppl_ratio",
+                                       "verdict", "why"])
 
 
 def record_verdicts(frames: Mapping[str, "object"], claims: Sequence[str], name: str,

@@ -156,9 +156,10 @@ class ClaimVerdict:
         """The headline numbers in words, e.g. '1.05 [0.98, 1.12], n=8 windows (geometric mean, 95% ...)'."""
         if not self.points:
             return "no results"
-        text = (f"{self.estimate:.3g} [{self.low:.3g}, {self.high:.3g}], n={self.n} {self.unit} ({self.interval})"
-                if self.has_interval() else
-                f"{self.estimate:.3g}, n={self.n} {self.unit} (fewer than {self.min_n}: no interval)")
+        number = rules._number
+        text = (f"{number(self.estimate)} [{number(self.low)}, {number(self.high)}], n={self.n} {self.unit} "
+                f"({self.interval})" if self.has_interval() else
+                f"{number(self.estimate)}, n={self.n} {self.unit} (fewer than {self.min_n}: no interval)")
         return text + (f"; {len(self.points)} points" if len(self.points) > 1 else "")
 
     def as_row(self) -> dict:
@@ -419,8 +420,8 @@ def decide_lc6(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
     """LC6, keeping ~2% of weight groups at 8 bits removes the growth. Frame "protection": columns of
     LC1 plus bits (of the unprotected groups), protected_fraction (0 for the unprotected baseline) and
     protection_rule ("none", "magnitude", "random", ...), optionally group_size. Per magnitude-protected
-    variant with a fraction in [1%, 5%]: the unprotected baseline on the same grid (bits, group size) must grow (else there is nothing to remove:
-    untestable); then its growth ratio within FLAT_MARGIN."""
+    variant with a fraction in [1%, 5%]: the unprotected baseline on the same grid (bits, group size) must
+    grow (else there is nothing to remove: untestable); then the paired test of `_removal_point`."""
     _require(frame, PROTECTION_COLUMNS, claim)
     fraction = frame["protected_fraction"].astype(float)
     protected = frame[(frame["protection_rule"] == "magnitude") & (fraction >= 0.01) & (fraction <= 0.05)]
@@ -432,6 +433,10 @@ def decide_lc6(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
         if base.empty:
             points.append(_skipped(str(label), f"no unprotected baseline on its grid ({mine})", _ratio(rows)))
             continue
+        if base["label"].nunique() > 1:
+            points.append(_skipped(str(label), f"{base['label'].nunique()} unprotected baselines on its grid ({mine}): "
+                                   "record group_size to tell them apart", _ratio(rows)))
+            continue
         grows = rules.superiority(*_unpack(rules.growth_interval(base["early_bin_kl"], base["late_bin_kl"],
                                                                  unit=claim.unit)),
                                   null=1.0, claimed_effect=GROWTH_EFFECT, ppl_ratio=_ratio(base),
@@ -440,8 +445,58 @@ def decide_lc6(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
             points.append(_skipped(str(label), f"the unprotected {bits:g}-bit baseline does not grow here "
                                    f"({grows.verdict}: {grows.why}), so there is no growth to remove", _ratio(rows)))
             continue
-        points.append(_growth_point(claim, f"{label} (baseline grows: {grows.verdict})", rows))
+        points.append(_removal_point(claim, f"{label} (baseline grows: {grows.verdict})", rows, base))
     return _decide(claim, points, frame, regime, "magnitude protection of 1-5% of groups")
+
+
+REMOVED_SHARE = 0.5  # LC6: "removes the growth" means at least this share of the baseline's log growth is gone
+
+
+def _removal_point(claim: Claim, name: str, rows, base) -> Point:
+    """LC6 on one protected setting and its unprotected baseline, paired by window. Per window the growth
+    g = late-bin / early-bin KL of each, and q = g_protected / g_baseline^(1 - REMOVED_SHARE): q < 1 when
+    protection removes more than half of the baseline's (log) growth in that window; geometric mean of q
+    with its t-interval over the shared windows (the point's interval).
+      reproduced      q's interval below 1 and the protected growth's interval inside FLAT_MARGIN
+                      (most of the growth removed, and what is left is flat);
+      partly          q's interval below 1, the protected growth not shown flat;
+      not reproduced  q's interval above 1 (protection leaves more than half the growth), or q straddles 1
+                      while the protected setting still grows wholly past FLAT_MARGIN;
+      inconclusive    otherwise.
+    Collapsed settings and fewer than min_n windows fall to the flatness test's verdict (untestable,
+    partly or inconclusive)."""
+    mine, theirs = _windows(rows, "late_bin_kl") / _windows(rows, "early_bin_kl"), \
+        _windows(base, "late_bin_kl") / _windows(base, "early_bin_kl")
+    shared = mine.index.intersection(theirs.index)
+    q = rules.log_ratio_interval(mine[shared].to_numpy(float), theirs[shared].to_numpy(float) ** (1 - REMOVED_SHARE),
+                                 side="less", unit=claim.unit)
+    q = Interval(q.estimate, q.low, q.high, q.n, "protected growth / unprotected growth^0.5 (< 1: over half the "
+                 "log growth removed), " + q.name, q.detectable_effect, q.p_value)
+    flat = _growth_point(claim, name, rows)
+    ratios = [_ratio(rows), _ratio(base)]
+    worst, rule, d = rules.worst_ratio(ratios), f"paired removal (share {REMOVED_SHARE:g}) + {flat.verdict.rule}", \
+        q.detectable_effect
+    gate = rules.regime_gate(ratios, rule=rule)
+    if gate is not None or q.n < claim.min_n:  # collapsed: untestable; too few windows: the flatness test's say
+        return Point(name, q, float("nan") if worst is None else worst, gate or flat.verdict)
+    number, f = rules._number, flat.interval
+    shown = f"q {number(q.estimate)} [{number(q.low)}, {number(q.high)}]; protected growth {number(f.estimate)} " \
+            f"[{number(f.low)}, {number(f.high)}]"
+    if q.high < 1:
+        verdict = Verdict(rules.REPRODUCED if flat.verdict.verdict == rules.REPRODUCED else rules.PARTLY,
+                          f"{shown}: over half the baseline's growth removed" + (
+                              ", and what is left is flat" if flat.verdict.verdict == rules.REPRODUCED
+                              else ", but what is left is not shown flat"), rule, d)
+    elif q.low > 1:
+        verdict = Verdict(rules.NOT_REPRODUCED, f"{shown}: protection leaves more than half the baseline's growth; "
+                          f"detectable effect {number(d)}", rule, d)
+    elif flat.verdict.verdict == rules.NOT_REPRODUCED:
+        verdict = Verdict(rules.NOT_REPRODUCED, f"{shown}: the protected setting still grows past the flat margin "
+                          f"{FLAT_MARGIN}", rule, d)
+    else:
+        verdict = Verdict(rules.INCONCLUSIVE, f"{shown}: q's interval contains 1 (inconclusive at this n); "
+                          f"detectable effect {number(d)}", rule, d)
+    return Point(name, q, worst, verdict)
 
 
 def _unpack(interval: Interval) -> tuple[float, float, float, int]:

@@ -77,8 +77,15 @@ class Interval:
 
 
 def _number(value: float | None) -> str:
-    """A number for a sentence: 3 significant digits; "n/a" for None."""
-    return "n/a" if value is None else f"{value:.3g}"
+    """A number for a sentence: 3 significant digits, more (up to 5) where 3 would show a value that is not
+    0 or 1 as exactly "0" or "1" (an interval's end beside the null: 1.003 reads "1.003", not "1"); "n/a" for None."""
+    if value is None:
+        return "n/a"
+    for digits in (3, 4, 5):
+        text = f"{value:.{digits}g}"
+        if text.lstrip("-") not in ("0", "1") or float(text) == value:
+            break
+    return text
 
 
 # --------------------------------------------------------------------------- regime: working, floor, n
