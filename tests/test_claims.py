@@ -415,14 +415,16 @@ def test_ki7_finds_task_damage_hidden_at_matched_perplexity():
     assert decide("KI7", one_method).verdict == U                # one method twice (e.g. two seeds): not the claim
 
 
-def schedule_frame(uniform_gap: float, *, sparsity: float = 0.7, bits: float = 4, ppl_ratio: float = 2.0):
+def schedule_frame(uniform_gap: float, *, sparsity: float = 0.7, bits: float = 4, ppl_ratio: float = 2.0,
+                   seeds: int = 3):
     rng = np.random.default_rng(0)
     base = rng.normal(3.0, 0.3, 8)
     rows = []
-    for schedule, shift in (("hessian", 0.0), ("uniform", uniform_gap), ("owl", uniform_gap)):
-        rows += [{"label": f"{schedule}", "method": "sparsegpt", "schedule": schedule, "sparsity": sparsity,
-                  "bits": bits, "window": w, "nll": base[w] + shift + rng.normal(0, 0.005), "ppl_ratio": ppl_ratio}
-                 for w in range(8)]
+    for seed in range(seeds):
+        for schedule, shift in (("hessian", 0.0), ("uniform", uniform_gap), ("owl", uniform_gap)):
+            rows += [{"label": f"{schedule} seed={seed}", "method": "sparsegpt", "schedule": schedule, "seed": seed,
+                      "sparsity": sparsity, "bits": bits, "window": w, "ppl_ratio": ppl_ratio,
+                      "nll": base[w] + 0.1 * seed + shift + rng.normal(0, 0.005)} for w in range(8)]
     return pd.DataFrame(rows)
 
 
@@ -433,6 +435,15 @@ def test_hessian_schedule_claims():
     assert decide("HS2", schedule_frame(0.2, bits=np.nan)).verdict == R
     assert decide("HS2", schedule_frame(0.2, bits=4)).verdict == U           # no unquantized rows: no results
     assert decide("HS3", schedule_frame(0.2)).verdict == R
+
+
+@pytest.mark.parametrize("gap, expected", [(0.2, P), (-0.2, I)])
+def test_a_schedule_comparison_on_fewer_than_three_seeds_is_at_most_partly(gap, expected):
+    # the calibration draw is a random factor: one or two seeds cannot carry a verdict, whatever the windows say
+    for seeds in (1, 2):
+        result = decide("HS1", schedule_frame(gap, seeds=seeds))
+        assert result.verdict == expected, result.why
+        assert f"only {seeds} calibration seed" in result.why
 
 
 def test_schedule_claims_pair_by_seed_and_window_and_read_the_damage_matched_sparsities():

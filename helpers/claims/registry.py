@@ -768,8 +768,22 @@ def _schedule_points(claim: Claim, frame, comparator: str) -> list[Point]:
         seeds, windows = a.index.intersection(b.index), a.columns.intersection(b.columns)
         interval = rules.crossed_interval(a.loc[seeds, windows].to_numpy(), b.loc[seeds, windows].to_numpy(),
                                           unit=claim.unit)
-        points.append(_point(claim, name, interval, [_ratio(hessian), _ratio(other)]))
+        points.append(_seed_capped(_point(claim, name, interval, [_ratio(hessian), _ratio(other)]), len(seeds)))
     return points
+
+
+MIN_SEEDS = 3  # a schedule comparison on fewer calibration seeds is at most "partly" (or "inconclusive")
+
+
+def _seed_capped(point: Point, seeds: int) -> Point:
+    """A schedule point's verdict on fewer than MIN_SEEDS calibration seeds: the calibration draw is a random
+    factor a comparison must vary, so "reproduced" becomes "partly" and "not reproduced" "inconclusive"."""
+    v = point.verdict
+    capped = {rules.REPRODUCED: rules.PARTLY, rules.NOT_REPRODUCED: rules.INCONCLUSIVE}.get(v.verdict)
+    if seeds >= MIN_SEEDS or capped is None:
+        return point
+    why = f"only {seeds} calibration seed{'s' if seeds != 1 else ''} (< {MIN_SEEDS}), so at most {capped}: {v.why}"
+    return Point(point.name, point.interval, point.ppl_ratio, Verdict(capped, why, v.rule, v.detectable_effect))
 
 
 def _schedule_rows(frame, regime: str):
@@ -784,8 +798,9 @@ def decide_hs1(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
     """HS1, the Hessian schedule beats uniform at >= 70% sparsity with < 8-bit quantization. Frame
     "schedule": label, method, schedule ("hessian", "uniform", "owl"), sparsity, bits (nan: none), window,
     nll (mean token NLL of the window, nats), ppl_ratio, optionally seed (calibration seeds, paired). Per
-    setting: uniform - hessian NLL per window, above SCHEDULE_EFFECT (5% perplexity); every setting. Regimes:
-    `_schedule_rows`."""
+    setting: uniform - hessian NLL per window (crossed bootstrap over seeds x windows): reproduced above 0, not
+    reproduced below 0 or wholly short of SCHEDULE_EFFECT (5% perplexity) where the design could detect it; on
+    fewer than MIN_SEEDS seeds at most "partly" (`_seed_capped`); every setting. Regimes: `_schedule_rows`."""
     _require(frame, SCHEDULE_COLUMNS, claim)
     rows = _schedule_rows(frame, regime)
     bits = rows["bits"].astype(float)
