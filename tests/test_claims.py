@@ -471,6 +471,10 @@ def test_hs4_hs5_hs6():
     few = decide("HS5", overhead.head(3))
     assert few.verdict == P and "no interval" in few.measured() and "[" not in few.measured()
     assert decide("HS5", overhead.assign(schedule_seconds=lambda f: f.schedule_seconds * 10)).verdict == NR
+    owl = overhead.assign(label="owl", run=lambda f: f.run + 6, schedule_seconds=lambda f: f.schedule_seconds * 10)
+    both = pd.concat([overhead, owl]).assign(schedule=lambda f: f.label)
+    assert decide("HS5", both).verdict == R                       # only the Hessian schedule's cost is the claim
+    assert decide("HS5", both.drop(columns="schedule")).verdict == P
     base = np.random.default_rng(1).gamma(2.0, 0.05, 8)          # per-window KL shared by both variants
     kl = pd.DataFrame([{"label": statistics, "method": "sparsegpt", "sparsity": 0.5, "statistics": statistics,
                         "window": w, "kl": base[w] * (1.02 if statistics == "dense" else 1.0) * (1 + 0.01 * (w % 3)),

@@ -154,4 +154,5 @@ def crossed_bootstrap(a, b=None, *, ratio: bool = False, confidence: float = 0.9
     return {"estimate": float(_statistic(a[None], b[None], ratio)[0]), "low": float(np.quantile(values, tail)),
             "high": float(np.quantile(values, 1 - tail)), "seeds": seeds, "windows": windows,
             "seeds_above": int((per_seed > (1.0 if ratio else 0.0)).sum()),
-            "interval": interval_name("crossed", f"{seeds} {units[0]} x {windows}", confidence, units[1])}
+            "interval": interval_name("crossed", f"{seeds} {units[0]} x {windows}", confidence, units[1]) if seeds > 1
+            else interval_name("paired", windows, confidence, units[1])}  # one seed: what it resamples is windows

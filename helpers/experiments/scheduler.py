@@ -165,15 +165,16 @@ def layer_error_frame(frame, points, *, schedule: str = "uniform"):
 
 
 def overhead_frame(frame, points):
-    """The "overhead" frame (HS5): per scheduled (OWL, Hessian) sequential variant: label (the schedule), run
-    (the variant), schedule_seconds (the observe-only pass and the schedule), pruning_seconds (its pruning pass)."""
+    """The "overhead" frame (HS5): per scheduled (OWL, Hessian) sequential variant: label and schedule (the
+    schedule), run (the variant), schedule_seconds (the observe-only pass and the schedule), pruning_seconds (its
+    pruning pass)."""
     seconds = frame[frame.metric.isin(["seconds_schedule", "seconds_pruning"])].pivot_table(
         index="label", columns="metric", values="value")
     chosen = points[points.schedule.isin(["owl", "hessian"]) & (points.inputs == "compressed")]
     seconds = seconds.join(chosen[["schedule"]], how="inner")
     return seconds.reset_index().rename(columns={"label": "run", "schedule": "label", "seconds_schedule":
                                                  "schedule_seconds", "seconds_pruning": "pruning_seconds"})[
-        ["label", "run", "schedule_seconds", "pruning_seconds"]]
+        ["label", "run", "schedule_seconds", "pruning_seconds"]].assign(schedule=lambda f: f.label)
 
 
 def dense_statistics_frame(frame, points):

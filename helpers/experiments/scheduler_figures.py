@@ -56,6 +56,9 @@ def paired_figure(paired, *, title: str):
             ax.errorbar(row.kl_ratio, y, xerr=[[row.kl_ratio - row.kl_low], [row.kl_high - row.kl_ratio]], marker="o",
                         color=color, mfc=color if row.working else "white", capsize=3, ls="none")
         ax.axvline(1.0, color="grey", lw=0.8)
+        low, high = ax.get_xlim()
+        pad = 0.04 * (high - low)
+        ax.set_xlim(min(low, 1 - pad), max(high, 1 + pad))  # the line at 1 inside the frame, never on its edge
         ratio_axis(ax)
         ax.set(title=comparison, xlabel="mean-KL ratio (< 1: the first is better)")
     ratios = paired.drop_duplicates(["sparsity", "bits"]).set_index(["sparsity", "bits"]).uniform_ppl_ratio
