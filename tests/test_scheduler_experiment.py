@@ -71,7 +71,11 @@ def test_frames_from_a_tiny_run_carry_what_every_hs_claim_reads(tmp_path):
     assert len(frames["schedule"]) == 12 * 5 and set(frames["schedule"].seed) == {0, 1}
     errors = frames["layer_errors"]
     assert len(errors) == errors.layer.nunique() > 0 and (errors.estimated_error > 0).all()  # the dense-H uniform run
-    assert (frames["overhead"].schedule_seconds > 0).all() and set(frames["overhead"].label) == {"owl", "hessian"}
+    overhead = frames["overhead"]
+    assert (overhead.schedule_seconds > 0).all() and set(overhead.label) == {"owl", "hessian"}
+    assert (0 < overhead.observe_seconds).all() and (overhead.observe_seconds < overhead.schedule_seconds).all()
+    costs = sc.overhead_summary(overhead)                     # the observe-only pass is inside what HS5 counts
+    assert (costs.share_without_observe < costs.share).all() and (costs.share_without_observe > 0).all()
     assert set(frames["dense_statistics"].statistics) == {"dense", "sequential"}
     table_ = board(frames, claims=("HS1", "HS2", "HS3", "HS4", "HS5", "HS6"))
     assert not table_.why.str.contains("missing").any()          # every decider found its columns

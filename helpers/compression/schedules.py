@@ -479,7 +479,8 @@ def scheduled_compress(model: nn.Module, recipe: Recipe, schedule: str, calibrat
     SparseGPT and OWL do); inputs="dense", every layer pruned from the dense model's stored Hessians
     (compress_with_hessians: the Hessian scheduler paper's assumption; SparseGPT / GPTQ only).
     recipe.sparsity is the target mean (for "kind", the sparsity of every layer but `probe`'s kind); the report's
-    timings gain the scheduling seconds (the observe-only pass included) and its `schedule` the per-layer inputs
+    timings gain the scheduling seconds (the observe-only pass included; that pass alone: seconds_observe) and its
+    `schedule` the per-layer inputs
     of the plan (a uniform plan from dense Hessians gets the
     error estimate at the target, to be compared with the error SparseGPT then makes)."""
     if schedule not in SCHEDULES:
@@ -499,8 +500,10 @@ def scheduled_compress(model: nn.Module, recipe: Recipe, schedule: str, calibrat
         plan = uniform_schedule(sizes, target)
     elif schedule == "kind":
         plan = kind_schedule(sizes, target, probe)
+    observe = 0.0
     if schedule in ("owl", "hessian") or inputs == "dense":
         stats = collect_dense_hessians(model, calibration_ids, device=device, batch_size=batch_size)
+        observe = time.perf_counter() - start
         if schedule == "owl":
             plan = owl_schedule(block_outlier_ratios(model, stats.hessians, owl.outlier_multiplier), sizes, target, owl)
         elif schedule == "hessian":
@@ -518,5 +521,6 @@ def scheduled_compress(model: nn.Module, recipe: Recipe, schedule: str, calibrat
                                 batch_size=batch_size, progress=False)
     del stats
     report.timings["seconds_schedule"] = seconds
+    report.timings["seconds_observe"] = observe  # the observe-only pass alone (inside seconds_schedule)
     report.schedule = {name: {**plan.inputs.get(name, {}), "sparsity": value} for name, value in plan.sparsity.items()}
     return report, plan

@@ -70,6 +70,8 @@ def window_measurement(reference: DenseReference) -> Measurement:
         report = point.report
         if report is not None:
             rows.append({"metric": "seconds_schedule", "value": report.timings.get("seconds_schedule", 0.0)})
+            if "seconds_observe" in report.timings:
+                rows.append({"metric": "seconds_observe", "value": report.timings["seconds_observe"]})
             rows.append({"metric": "seconds_pruning", "value": report.seconds})
             for name, info in report.layers.items():
                 if "obs_error" in info:
@@ -167,14 +169,28 @@ def layer_error_frame(frame, points, *, schedule: str = "uniform"):
 def overhead_frame(frame, points):
     """The "overhead" frame (HS5): per scheduled (OWL, Hessian) sequential variant: label and schedule (the
     schedule), run (the variant), schedule_seconds (the observe-only pass and the schedule), pruning_seconds (its
-    pruning pass)."""
-    seconds = frame[frame.metric.isin(["seconds_schedule", "seconds_pruning"])].pivot_table(
+    pruning pass), observe_seconds (the observe-only pass alone; nan for runs recorded before it was kept)."""
+    seconds = frame[frame.metric.isin(["seconds_schedule", "seconds_pruning", "seconds_observe"])].pivot_table(
         index="label", columns="metric", values="value")
+    if "seconds_observe" not in seconds.columns:
+        seconds["seconds_observe"] = float("nan")
     chosen = points[points.schedule.isin(["owl", "hessian"]) & (points.inputs == "compressed")]
     seconds = seconds.join(chosen[["schedule"]], how="inner")
     return seconds.reset_index().rename(columns={"label": "run", "schedule": "label", "seconds_schedule":
-                                                 "schedule_seconds", "seconds_pruning": "pruning_seconds"})[
-        ["label", "run", "schedule_seconds", "pruning_seconds"]].assign(schedule=lambda f: f.label)
+                                                 "schedule_seconds", "seconds_pruning": "pruning_seconds",
+                                                 "seconds_observe": "observe_seconds"})[
+        ["label", "run", "schedule_seconds", "pruning_seconds", "observe_seconds"]].assign(schedule=lambda f: f.label)
+
+
+def overhead_summary(overhead):
+    """What scheduling costs a user, per schedule (median over its runs): the seconds of the observe-only pass
+    and schedule, of the pruning pass, their ratio (`share`, what HS5 judges), and the ratio without the
+    observe-only pass (`share_without_observe`, nan where that pass was not timed on its own)."""
+    shares = overhead.assign(share=overhead.schedule_seconds / overhead.pruning_seconds,
+                             share_without_observe=(overhead.schedule_seconds - overhead.observe_seconds)
+                             / overhead.pruning_seconds)
+    return shares.groupby("label")[["schedule_seconds", "observe_seconds", "pruning_seconds", "share",
+                                    "share_without_observe"]].median()
 
 
 def dense_statistics_frame(frame, points):
