@@ -130,28 +130,32 @@ def kinds_figure(kinds, *, title: str, sensitivity=None):
 
 
 def estimate_figure(layer_errors, *, title: str):
-    """The scheduler's estimate against SparseGPT's error per layer (log-log), coloured by layer type, with the
-    rank correlation per run in the finding."""
+    """The scheduler's estimate against SparseGPT's error per layer (log-log), one panel per run (a sparsity),
+    coloured by layer type, the rank correlation in each panel's title and in the finding."""
     import matplotlib.pyplot as plt
     from scipy import stats
 
-    fig, ax = plt.subplots(figsize=(6.8, 4.8))
+    runs = list(dict.fromkeys(layer_errors.label))
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.6 * len(runs) + 1.6, 4.2), sharex=True, sharey=True,
+                             squeeze=False)
     kinds = list(dict.fromkeys(layer_errors.kind))
     styles = series_styles(kinds)
-    for kind in kinds:
-        part = layer_errors[layer_errors.kind == kind]
-        ax.scatter(part.estimated_error, part.measured_error, s=14, color=styles[kind]["color"],
-                   marker=styles[kind]["marker"], label=kind)
     low = min(layer_errors.estimated_error.min(), layer_errors.measured_error.min())
     high = max(layer_errors.estimated_error.max(), layer_errors.measured_error.max())
-    ax.plot([low, high], [low, high], color="grey", ls=":", lw=1)
-    ax.set(xscale="log", yscale="log", xlabel="estimated pruning error E_l (dense Hessians, no updates)",
-           ylabel="SparseGPT's error on the layer")
-    ax.legend(fontsize="x-small", bbox_to_anchor=(1.01, 1), loc="upper left")
-    rho = {label: stats.spearmanr(g.estimated_error, g.measured_error).statistic
-           for label, g in layer_errors.groupby("label", sort=False)}
-    fig.suptitle(title + f"\n{layer_errors.layer.nunique()} layers per run; dotted: equality", x=0.01, ha="left",
-                 fontsize="small")
+    rho = {}
+    for ax, run in zip(axes[0], runs):
+        rows = layer_errors[layer_errors.label == run]
+        for kind in kinds:
+            part = rows[rows.kind == kind]
+            ax.scatter(part.estimated_error, part.measured_error, s=12, color=styles[kind]["color"],
+                       marker=styles[kind]["marker"], label=kind)
+        ax.plot([low, high], [low, high], color="grey", ls=":", lw=1)
+        rho[run] = stats.spearmanr(rows.estimated_error, rows.measured_error).statistic
+        ax.set(xscale="log", yscale="log", xlabel="estimated pruning error E_l\n(dense Hessians, no updates)")
+        ax.set_title(f"{run}\nSpearman {rho[run]:.3f}, {len(rows)} layers", fontsize="small")
+    axes[0][0].set_ylabel("SparseGPT's error on the layer")
+    axes[0][-1].legend(fontsize="x-small", bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.suptitle(title + "\none point per layer; dotted: equality", x=0.01, ha="left", fontsize="small")
     fig.tight_layout()
     finding = "Spearman(estimate, SparseGPT's error) over layers: " + ", ".join(f"{k} {v:.3f}" for k, v in rho.items()) + "."
     return fig, finding
