@@ -15,7 +15,7 @@ or notebooks; `board.board` applies every decider whose frame is present.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -470,8 +470,8 @@ def _removal_point(claim: Claim, name: str, rows, base) -> Point:
     shared = mine.index.intersection(theirs.index)
     q = rules.log_ratio_interval(mine[shared].to_numpy(float), theirs[shared].to_numpy(float) ** (1 - REMOVED_SHARE),
                                  side="less", unit=claim.unit)
-    q = Interval(q.estimate, q.low, q.high, q.n, "protected growth / unprotected growth^0.5 (< 1: over half the "
-                 "log growth removed), " + q.name, q.detectable_effect, q.p_value)
+    q = replace(q, name="protected growth / unprotected growth^0.5 (< 1: over half the log growth removed), "
+                + q.name)
     flat = _growth_point(claim, name, rows)
     ratios = [_ratio(rows), _ratio(base)]
     worst, rule, d = rules.worst_ratio(ratios), f"paired removal (share {REMOVED_SHARE:g}) + {flat.verdict.rule}", \

@@ -181,14 +181,12 @@ def crossed_interval(a, b, *, null: float = 0.0, side: str = "greater", unit: st
     of windows (the unit every claim counts), the detectable effect and the t-test p-value those of the
     seed-averaged per-window differences. One seed: a paired bootstrap over windows."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    result = crossed_bootstrap(a, b, confidence=confidence)
+    result = crossed_bootstrap(a, b, confidence=confidence, units=("seeds", unit))
     per_window = (a - b).mean(axis=0)
-    seeds, windows = a.shape
+    windows = a.shape[1]
     sd = float(per_window.std(ddof=1)) if windows > 1 else float("nan")
-    name = "mean, " + (interval_name("crossed", f"{seeds} seeds x {windows}", confidence, unit) if seeds > 1
-                       else interval_name("paired", windows, confidence, unit))
-    return Interval(result["estimate"], result["low"], result["high"], windows, name, detectable_effect(sd, windows),
-                    _p_value(per_window, null, side))
+    return Interval(result["estimate"], result["low"], result["high"], windows, "mean, " + result["interval"],
+                    detectable_effect(sd, windows), _p_value(per_window, null, side))
 
 
 def log_ratio_interval(numerator: Sequence[float], denominator: Sequence[float], *, side: str = "greater",

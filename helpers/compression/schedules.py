@@ -480,9 +480,8 @@ def scheduled_compress(model: nn.Module, recipe: Recipe, schedule: str, calibrat
     (compress_with_hessians: the Hessian scheduler paper's assumption; SparseGPT / GPTQ only).
     recipe.sparsity is the target mean (for "kind", the sparsity of every layer but `probe`'s kind); the report's
     timings gain the scheduling seconds (the observe-only pass included; that pass alone: seconds_observe) and its
-    `schedule` the per-layer inputs
-    of the plan (a uniform plan from dense Hessians gets the
-    error estimate at the target, to be compared with the error SparseGPT then makes)."""
+    `schedule` the per-layer inputs of the plan (a uniform plan from dense Hessians gets the error estimate at the
+    target, to be compared with the error SparseGPT then makes)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule={schedule!r}; expected one of {SCHEDULES}.")
     if inputs not in SCHEDULE_INPUTS:

@@ -27,8 +27,9 @@ def ladder_figure(rungs, matched: dict, *, title: str):
         ax.text(sparsity, 0.04, f" {target:g}x -> {sparsity:.2f}", transform=ax.get_xaxis_transform(), rotation=90,
                 ha="right", va="bottom", fontsize="small", color="dimgrey",
                 bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
+    low = min(0.9, float(rungs.min()) * 0.9)  # dense (1x) and the working threshold always in view: the axis spans
     ax.set(xlabel="mean sparsity (fraction of decoder-linear weights pruned)", ylabel="perplexity / dense (log axis)",
-           ylim=(min(0.9, float(rungs.min()) * 0.9), max(4 * 0.9, float(rungs.max()) * 1.15)))
+           ylim=(low, max(4 * low, float(rungs.max()) * 1.15)))  # >= 4x, so ratio_axis makes it a log axis
     ratio_axis(ax, "y")
     ax.legend(fontsize="x-small", loc="upper left")
     fig.suptitle(title + "\nuniform SparseGPT, 16-bit, sequential: the damage ladder", x=0.01, ha="left", fontsize="small")
