@@ -137,6 +137,18 @@ def test_task_settings_are_checked():
         KickTask("x", "mmlu", 0)
 
 
+def test_short_answer_batch_reaches_the_short_answer_tasks_only():
+    from helpers.experiments.kick import standard_tasks
+    tasks = {t.name: t for t in standard_tasks(short_answer_batch=32, mmlu_examples=0)}
+    batch = {name: (t.settings.generation.batch_size if hasattr(t.settings, "generation") else None)
+             for name, t in tasks.items()}
+    assert batch["freebaseqa"] == batch["triviaqa_closed_book"] == batch["nq_closed_book"] == batch["nq_open_book"] == 32
+    assert batch["summarization"] == batch["instruction_following"] == 2
+    assert batch["kv_retrieval"] == GenerationSettings().batch_size
+    default = {t.name: t for t in standard_tasks(mmlu_examples=0)}
+    assert default["triviaqa_closed_book"].settings.generation.batch_size == GenerationSettings().batch_size
+
+
 def test_example_scores_follow_the_primary_aggregate():
     from helpers.experiments.kick import example_field, example_scores
 

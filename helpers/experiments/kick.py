@@ -473,24 +473,30 @@ def perplexity_table(frame, *, confidence: float = 0.95, seed: int = 0):
 # --------------------------------------------------------------------------- the notebook's tasks, roles and frames
 def standard_tasks(*, seed: int = 0, mmlu_examples=1000, mmlu_shots: int = 0, mmlu_scorings=("loglik",),
                    freebaseqa_examples=300, triviaqa_examples=300, nq_closed_examples=300, nq_open_examples=300,
-                   passage_chars: int = 3072, short_answer_tokens: int = 12, kv_examples=100, kv_pairs: int = 3,
+                   passage_chars: int = 3072, short_answer_tokens: int = 12, short_answer_batch: int = 8,
+                   kv_examples=100, kv_pairs: int = 3,
                    kv_long_pairs: int = 5, kv_new_tokens: int = 48, summarization_examples=30,
                    summary_article_tokens: int = 512, summary_new_tokens: int = 64, instruction_examples=80,
                    instruction_new_tokens: int = 64) -> list[KickTask]:
     """LLM-KICK's task families as KickTasks (a count of 0 leaves a task out, None takes every example):
     MMLU, FreebaseQA, TriviaQA and NQ closed book (knowledge), NQ open book and key-value retrieval
-    (in-context retrieval, at two lengths), CNN/DM summaries and Vicuna-bench instructions (free text)."""
+    (in-context retrieval, at two lengths), CNN/DM summaries and Vicuna-bench instructions (free text).
+    `short_answer_batch`: prompts per generation batch of the short-answer tasks (FreebaseQA, closed- and
+    open-book QA); a model with a large vocabulary head (Gemma-3: 262K entries) answers faster in larger batches
+    (benchmarks/kick_task_costs.py --batch-sizes)."""
     from ..evaluation.tasks import (FactoidSettings, GenerationSettings, InstructionSettings, KVRetrievalSettings,
                                     MMLUSettings, RetrievalQASettings, SummarizationSettings)
 
     quiet = dict(progress=False)
-    short = GenerationSettings(max_new_tokens=short_answer_tokens, stop_at_newline=True, **quiet)
+    short = GenerationSettings(max_new_tokens=short_answer_tokens, stop_at_newline=True, batch_size=short_answer_batch,
+                               **quiet)
     kv = GenerationSettings(max_new_tokens=kv_new_tokens, chat_template=False, **quiet)
     candidates = [
         (mmlu_examples, lambda: KickTask("mmlu", "mmlu", mmlu_examples, MMLUSettings(
             shots=mmlu_shots, seed=seed, scorings=tuple(mmlu_scorings), progress=False), chance=0.25)),
         (freebaseqa_examples, lambda: KickTask("freebaseqa", "factoid", freebaseqa_examples, FactoidSettings(
-            generation=GenerationSettings(max_new_tokens=short_answer_tokens, **quiet), seed=seed))),
+            generation=GenerationSettings(max_new_tokens=short_answer_tokens, batch_size=short_answer_batch, **quiet),
+            seed=seed))),
         (triviaqa_examples, lambda: KickTask("triviaqa_closed_book", "retrieval_qa", triviaqa_examples,
                                              RetrievalQASettings(dataset="triviaqa", open_book=False, seed=seed,
                                                                  generation=short))),
