@@ -98,6 +98,16 @@ def save_figure(fig, name: str, output_dir: str | Path, table, *, finding: str |
 VERDICTS = ("reproduced", "partly", "not reproduced", "inconclusive", "untestable here")
 
 
+def figure_title(fig, text: str, *, chars_per_inch: float = 15.0) -> None:
+    """A left-aligned small suptitle wrapped to the figure's width (each given line separately), so a long
+    caption neither runs off the canvas nor widens a tight-bboxed PNG into a mostly blank one."""
+    import textwrap
+
+    width = max(20, int(fig.get_figwidth() * chars_per_inch))
+    lines = [wrapped for line in text.split("\n") for wrapped in (textwrap.wrap(line, width) or [""])]
+    fig.suptitle("\n".join(lines), x=0.01, ha="left", fontsize="small")
+
+
 def ratio_axis(ax, axis: str = "x") -> None:
     """An axis of ratios (`axis` "x" or "y"), called after plotting: a log axis with plain tick labels (0.5, 1, 2)
     when the data span a factor of 4 or more, else a linear axis (a log axis over 0.9-1.2 would show one tick)."""

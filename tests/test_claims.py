@@ -541,6 +541,10 @@ def test_ki2_ki4_ki8_compare_task_scores():
     quant = {"family": "quantization", "bits": 4, "storage_bits": 4.2}
     pruned = {**PRUNED_30, "storage_bits": 4.0}
     assert decide("KI4", task_frame({"gptq 4-bit": (1.0, quant), "wanda 75%": (0.6, pruned)})).verdict == R
+    # every pruned variant at the quantized one's storage is compared, so a collapsed one does not hide a working one
+    several = decide("KI4", task_frame({"gptq 4-bit": (1.0, quant), "wanda 75% 2:4": (0.0, {**pruned, "ppl_ratio": 9.0}),
+                                        "wanda 75%": (0.6, pruned)}))
+    assert several.verdict == R and "1 of 1 testable" in several.why
     unmatched = decide("KI4", task_frame({"gptq 4-bit": (1.0, quant), "wanda": (0.6, {**pruned, "storage_bits": 8})}))
     assert unmatched.verdict == U and "storage differs" in unmatched.why
     assert decide("KI8", task_frame({"wanda 30%": (0.5, PRUNED_30)}, task_kind="factual")).verdict == R

@@ -167,6 +167,21 @@ def test_series_styles_are_distinct_for_many_series():
     assert styles["variant 0"]["linestyle"] == "-"
 
 
+def test_figure_title_wraps_a_long_caption_to_the_figure_and_keeps_given_lines():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from helpers.plotting import figure_title
+
+    fig = plt.figure(figsize=(4, 3))
+    words = " | ".join(f"setting{i}=value{i}" for i in range(20))
+    figure_title(fig, words + "\nsecond line")
+    lines = fig._suptitle.get_text().split("\n")
+    assert len(lines) > 3 and max(len(line) for line in lines) <= 4 * 15 and lines[-1] == "second line"
+    assert " ".join(lines[:-1]) == words                       # wrapped, nothing lost
+    plt.close(fig)
+
+
 def test_a_frozen_run_seeds_another_table_once(tmp_path):
     from helpers.results import ResultsTable
 

@@ -648,9 +648,10 @@ def decide_ki3(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
 
 def decide_ki4(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
     """KI4, quantization beats pruning at equal storage. Frame "task_scores" (as KI1) plus family and
-    storage_bits (bits per weight, helpers.compression.storage). Each quantized label against the pruned
-    label nearest in storage (within STORAGE_MATCH); per task the per-example score difference
-    quantized - pruned above TASK_EFFECT."""
+    storage_bits (bits per weight, helpers.compression.storage). Each quantized label against every pruned
+    label within STORAGE_MATCH of its storage (several pruned variants share one storage: unstructured and
+    N:M at 50%, each method; a collapsed one is left out by the working rule, not by the pairing); per
+    task the per-example score difference quantized - pruned above TASK_EFFECT."""
     _require(frame, (*TASK_COLUMNS, "family", "storage_bits"), claim)
     storage = {f: frame[frame["family"] == f].groupby("label")["storage_bits"].median().to_dict()
                for f in ("quantization", "pruning")}
@@ -661,7 +662,8 @@ def decide_ki4(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
             continue
         other, _, within = rules.nearest_setting(storage["pruning"], bits, STORAGE_MATCH)
         if within:
-            pairs.append((label, other))
+            pairs += [(label, p) for p, b in storage["pruning"].items()
+                      if rules.nearest_setting({p: b}, bits, STORAGE_MATCH)[2]]
         else:
             skipped.append(_skipped(f"{label} vs {other}", f"storage differs by more than {STORAGE_MATCH}x "
                                     f"({bits:.3g} vs {storage['pruning'][other]:.3g} bits per weight)"))

@@ -1,14 +1,14 @@
 """The figures of notebook 03 (LLM-KICK), drawn from its tidy tables only.
 
 `headline` is `evidence_table` restricted to each task's primary scoring and indexed by (label, task); `points`
-is `kick_points`. Each function returns (figure, finding); n is in every panel title, intervals are 95%
+is `kick_points`. Each function returns (figure, finding: one line of what it shows); n is in every panel title, intervals are 95%
 (paired bootstrap over examples for score differences, over windows for the perplexity ratio).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..plotting import ratio_axis, series_styles
+from ..plotting import figure_title, ratio_axis, series_styles
 
 DENSE = "dense"
 
@@ -29,9 +29,16 @@ def _task_axis(ax, headline, name: str) -> None:
 
 def _finish(fig, axes, title: str, note: str):
     axes[0][0].legend(fontsize="x-small")
-    fig.suptitle(title + " | " + note, x=0.01, ha="left", fontsize="small")
+    figure_title(fig, title + " | " + note)
     fig.tight_layout()
     return fig
+
+
+def _perplexity_axis(ax) -> None:
+    """The WikiText-2 panel: perplexity / dense with plain tick labels, log only where the ratios span 4x."""
+    ratio_axis(ax, axis="y")
+    log = ax.get_yscale() == "log"
+    ax.set(ylabel="perplexity / dense" + (" (log axis)" if log else ""), title="WikiText-2 perplexity")
 
 
 def baseline_figure(baseline, *, title: str):
@@ -53,7 +60,7 @@ def baseline_figure(baseline, *, title: str):
     for status, color in (*colors.items(), ("at the floor: untestable", "tab:red")):
         ax.scatter([], [], color=color, label=status)
     ax.legend(fontsize="x-small", loc="lower right")
-    fig.suptitle(title, x=0.01, ha="left", fontsize="small")
+    figure_title(fig, title)
     fig.tight_layout()
     above = baseline[baseline.status == "above the floor"]
     finding = ("Dense, above the floor: " + (", ".join(f"{r.task} {r.score:.3f} [{r.low:.3f}, {r.high:.3f}] (n={r.n})"
@@ -86,12 +93,21 @@ def scores_figure(points, headline, tasks, *, title: str):
                                                          [0.0, *(r.difference_high for r in rows)]),
                             marker=styles[method]["marker"], color=styles[method]["color"], capsize=3, label=method)
         if name == "wikitext2":
-            ax.set(yscale="log", ylabel="perplexity / dense (log axis)", title="WikiText-2 perplexity")
             ax.axhline(3.0, color="tab:red", ls="--", lw=0.8)
+            _perplexity_axis(ax)
         else:
             _task_axis(ax, headline, name)
         ax.set_xlabel("unstructured sparsity")
-    return _finish(fig, axes, title, "95% paired bootstrap over examples; dashed: the working threshold (3x)")
+    first = []
+    for name in tasks:
+        lost = {m: [s for label, s in unstructured[unstructured.method == m].sparsity.sort_values().items()
+                    if (label, name) in headline.index and headline.loc[(label, name)].difference_high < 0]
+                for m in methods}
+        first.append(f"{name} (n={_n(headline, name)}): " + ", ".join(
+            f"{m} {min(v):.0%}" if v else f"{m} none" for m, v in lost.items()))
+    finding = ("Lowest unstructured sparsity whose paired score interval lies below dense: " + "; ".join(first) + "."
+               if first else "No swept task.")
+    return _finish(fig, axes, title, "95% paired bootstrap over examples; dashed: the working threshold (3x)"), finding
 
 
 def nm_figure(points, headline, tasks, *, title: str):
@@ -121,16 +137,21 @@ def nm_figure(points, headline, tasks, *, title: str):
                 else:
                     continue
                 xs.append(i + (k - (len(patterns) - 1) / 2) * width), ys.append(y), lows.append(lo), highs.append(hi)
-            ax.bar(xs, ys, width, yerr=_bars(ys, lows, highs), capsize=3, label=pattern, color=f"C{k}")
+            base = 1.0 if name == "wikitext2" else 0.0  # a ratio's bar starts at 1 (dense), a difference's at 0
+            ax.bar(xs, np.asarray(ys, dtype=float) - base, width, bottom=base, yerr=_bars(ys, lows, highs), capsize=3,
+                   label=pattern, color=f"C{k}")
         ax.set_xticks(range(len(methods)), methods)
         if name == "wikitext2":
-            ax.set(yscale="log", ylabel="perplexity / dense (log axis)", title="WikiText-2 perplexity")
-            from matplotlib.ticker import FuncFormatter
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+            top = float(np.nanmax(half.perplexity_ratio)) if len(half) else 2.0
+            ax.set_ylim(0.9, top * 1.3)
+            _perplexity_axis(ax)
         else:
             _task_axis(ax, headline, name)
-    return _finish(fig, axes, title, "50% sparsity: N:M vs unstructured, 95% paired bootstrap over examples")
+    finding = "Perplexity / dense at 50%: " + "; ".join(
+        f"{m} " + ", ".join(f"{p} {half[(half.method == m) & (half.pattern == p)].perplexity_ratio.iloc[0]:.2f}x"
+                            for p in patterns if not half[(half.method == m) & (half.pattern == p)].empty)
+        for m in methods) + "."
+    return _finish(fig, axes, title, "50% sparsity: N:M vs unstructured, 95% paired bootstrap over examples"), finding
 
 
 def storage_figure(points, headline, tasks, *, title: str):
@@ -157,11 +178,19 @@ def storage_figure(points, headline, tasks, *, title: str):
                 ax.errorbar(x, y, yerr=_bars(y, [r.difference_low for _, r in rows], [r.difference_high for _, r in rows]),
                             fmt=marker, color=color, capsize=2, label=family)
         if name == "wikitext2":
-            ax.set(yscale="log", ylabel="perplexity / dense (log axis)", title="WikiText-2 perplexity")
+            _perplexity_axis(ax)
         else:
             _task_axis(ax, headline, name)
         ax.set_xlabel("bits per weight (decoder linears)")
-    return _finish(fig, axes, title, "equal storage: one storage model for pruned and quantized weights")
+    finding = "Bits per weight and perplexity / dense: " + "; ".join(
+        f"{label} {row.bits_per_weight:.2f} bits {row.perplexity_ratio:.2f}x"
+        for label, row in shown[shown.family == "quantization"].iterrows())
+    pruned = shown[(shown.family == "pruning") & shown.perplexity_ratio.notna()]
+    if len(pruned):
+        fewest = pruned.bits_per_weight.min()
+        best = pruned[pruned.bits_per_weight <= fewest * 1.001].perplexity_ratio.idxmin()  # one storage, any pattern
+        finding += f"; the fewest pruned bits, {fewest:.2f}, at best {pruned.perplexity_ratio[best]:.2f}x ({best})"
+    return _finish(fig, axes, title, "equal storage: one storage model for pruned and quantized weights"), finding + "."
 
 
 def calibration_figure(calibration, *, title: str):
@@ -182,9 +211,13 @@ def calibration_figure(calibration, *, title: str):
     ax.minorticks_off()
     ax.legend(fontsize="x-small")
     seeds = per_run.seed.nunique()
-    fig.suptitle(title + f"\ndots: {seeds} calibration seeds; line: their mean", x=0.01, ha="left", fontsize="small")
+    figure_title(fig, title + f"\ndots: {seeds} calibration seeds; line: their mean")
     fig.tight_layout()
-    return fig
+    means = per_run.groupby(["method", "calibration_samples"]).perplexity.mean()
+    finding = f"Mean perplexity over {seeds} calibration seeds, fewest -> most sequences: " + "; ".join(
+        f"{m} {rows.iloc[0]:.1f} at {rows.index[0][1]:g} -> {rows.iloc[-1]:.1f} at {rows.index[-1][1]:g}"
+        for m, rows in means.groupby(level=0, sort=False)) + "."
+    return fig, finding
 
 
 def perplexity_figure(points, headline, tasks, *, title: str):
@@ -208,6 +241,15 @@ def perplexity_figure(points, headline, tasks, *, title: str):
         ratio_axis(ax)
         ax.set(xlabel="perplexity / dense", ylabel="score - dense (paired)", title=f"{name} (n={_n(headline, name)})")
         ax.legend(fontsize="x-small")
-    fig.suptitle(title + " | 95% paired bootstrap over examples", x=0.01, ha="left", fontsize="small")
+    figure_title(fig, title + " | 95% paired bootstrap over examples")
     fig.tight_layout()
-    return fig
+    ranks = []
+    for name in tasks:
+        pairs = [(np.log(shown.perplexity_ratio[label]), headline.loc[(label, name)].difference) for label in shown.index
+                 if (label, name) in headline.index]
+        if len(pairs) >= 3:
+            x, y = (np.argsort(np.argsort(v)) for v in zip(*pairs))
+            ranks.append(f"{name} {np.corrcoef(x, y)[0, 1]:.2f} over {len(pairs)} points")
+    finding = ("Spearman(perplexity ratio, score difference): " + "; ".join(ranks) + "." if ranks
+               else "Fewer than 3 points per task.")
+    return fig, finding
