@@ -117,13 +117,26 @@ PROFILES: dict[str, dict[str, dict]] = {
         # tasks clearly above the floor, the focus tasks at the damage-matched and the nominal 50% and RTN 8-bit)
         "cpu": {},
         # the knowledge tasks on the second model: Gemma-3-270M (base), where SmolLM2 sits at the floor: TriviaQA
-        # closed book on all 3,000 questions (FreebaseQA 1,000), magnitude / Wanda / SparseGPT at 10-30% and 50%,
-        # N:M beside unstructured 50%, 8-bit RTN / GPTQ
-        "long": {"model": "gemma3-270m", "run_name": "gemma3", "eval_windows": 8, "sparsities": [0.1, 0.2, 0.3, 0.5],
+        # closed book on all 3,000 questions at every point (KI1, KI2, KI8), FreebaseQA 1,000 dense only, NQ open book
+        # and key-value retrieval at Wanda 30% / 50% and RTN 8-bit (KI5 on a base model). Sized from
+        # benchmarks/kick_task_costs.py --batch-sizes (float32, 2 cores): 0.178 s per TriviaQA answer in batches of 32
+        # (1.94x batch 8's, identical answers), so 534 s per point, + 8 WikiText-2 windows (~70 s) + compression
+        # (~60 s): ~11 min per point x 14 points + the dense pass on every task (~17 min) + 3 focus points (~4 min
+        # each): ~3 h, resumable. 10% and 4:8 are left out for the budget (nothing moved at 10% on SmolLM2).
+        "long": {"model": "gemma3-270m", "run_name": "gemma3", "eval_windows": 8, "sparsities": [0.2, 0.3, 0.5],
+                 "nm_patterns": ["2:4"], "seed_repeats": [],
                  "task_counts": {"mmlu_examples": 0, "freebaseqa_examples": 1000, "triviaqa_examples": 3000,
-                                 "nq_closed_examples": 0, "nq_open_examples": 300, "kv_examples": 0,
+                                 "nq_closed_examples": 0, "nq_open_examples": 300, "kv_examples": 100,
                                  "summarization_examples": 0, "instruction_examples": 0},
-                 "focus_tasks": [], "focus_points": [], "ablation_seeds": [],
+                 "task_settings": {"mmlu_shots": 0, "mmlu_scorings": ["loglik"], "passage_chars": 3072,
+                                   "short_answer_tokens": 12, "short_answer_batch": 32, "kv_pairs": 3,
+                                   "kv_long_pairs": 0, "kv_new_tokens": 48, "summary_article_tokens": 512,
+                                   "summary_new_tokens": 64, "instruction_new_tokens": 64},
+                 "sweep_tasks": ["triviaqa_closed_book"], "dense_only_tasks": ["freebaseqa"],
+                 "focus_tasks": ["nq_open_book", "kv_retrieval"],
+                 "focus_points": [{"method": "wanda", "sparsity": 0.3}, {"method": "wanda", "sparsity": 0.5},
+                                  {"method": "rtn", "bits": 8}],
+                 "ablation_seeds": [],
                  "results_path": "../results/03_llm_kick_gemma3.jsonl",
                  "records_dir": "../results/03_llm_kick_gemma3_records"},
         "paper": {"model": "lmsys/vicuna-7b-v1.5", "dtype": "float16", "device": "cuda", "threads": None,
