@@ -85,8 +85,9 @@ PROFILES: dict[str, dict[str, dict]] = {
         # token cost ~17 ms to evaluate (head twice), so 16 windows x 512 tokens take ~2.5 min per point; with the
         # compression, ~4 min per point and ~36 points: ~2.5 h. No 3-bit (it collapses SmolLM2 at the lowest rung),
         # no nominal 0.70 beyond its ladder rung (uniform, first seed), no ablations, no dense-Hessian points.
+        # Its ladder starts at 0.20: Gemma-3 is 1.33x dense already at 0.30 (SmolLM2 1.14x), 2.63x at 0.50.
         "long": {"model": "gemma3-270m", "max_windows": 16, "run_name": "gemma3", **FLOAT32,
-                 "ladder": [0.3, 0.4, 0.5, 0.6, 0.7], "target_ratios": [1.3, 2.0], "nominal": [], "quant_bits": [4],
+                 "ladder": [0.2, 0.3, 0.4, 0.5, 0.6, 0.7], "target_ratios": [1.3, 2.0], "nominal": [], "quant_bits": [4],
                  "ablations": [], "kind_probes": ["k_proj", "v_proj", "o_proj", "down_proj"],
                  "dense_statistics": False, "results_path": "../results/hessian_scheduler_gemma3.jsonl"},
         "paper": {"model": "facebook/opt-1.3b", "dtype": "float16", "device": "cuda", "threads": 8,
