@@ -149,7 +149,8 @@ def compare_batch_sizes(args) -> int:
             seconds = (time.perf_counter() - started) / len(result.records)
             # the scored answer (closed / open book: the first line; FreebaseQA: the whole continuation)
             answers = [r.get("answer", r["generation"]) for r in sorted(result.records, key=lambda r: r["index"])]
-            first, first_seconds = (answers, seconds) if first is None else (first, first_seconds)
+            if first is None:
+                first, first_seconds = answers, seconds
             same = sum(a == b for a, b in zip(answers, first))
             print(f"{name:24s} {size:5d} {len(answers):4d} {seconds:8.3f} {first_seconds / seconds:7.2f}x  "
                   f"{same}/{len(answers)}")

@@ -89,12 +89,14 @@ def append_lines(path: str | Path, records: list[dict]) -> None:
 
 def write_gzip_lines(path: str | Path, records: list[dict]) -> int:
     """`records` as a gzip-compressed JSON-lines file (keys sorted: the form committed beside a run); returns
-    how many were written."""
+    how many were written. The gzip header's time is 0, so the same records give the same bytes and re-executing
+    a committed run leaves its files unchanged in git."""
     import gzip
+    import io
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(path, "wt", encoding="utf-8", compresslevel=9) as handle:
+    with gzip.GzipFile(path, "wb", compresslevel=9, mtime=0) as raw, io.TextIOWrapper(raw, encoding="utf-8") as handle:
         handle.writelines(json.dumps(record, sort_keys=True) + "\n" for record in records)
     return len(records)
 

@@ -182,6 +182,17 @@ def test_figure_title_wraps_a_long_caption_to_the_figure_and_keeps_given_lines()
     plt.close(fig)
 
 
+def test_committed_gzip_files_are_the_same_bytes_when_written_again(tmp_path, monkeypatch):
+    import time
+    from helpers.results import read_gzip_lines, write_gzip_lines
+
+    records = [{"b": 1, "a": [0.5, 2]}, {"a": None}]
+    first = write_gzip_lines(tmp_path / "r.jsonl.gz", records) and (tmp_path / "r.jsonl.gz").read_bytes()
+    monkeypatch.setattr(time, "time", lambda: 2e9)               # another moment: no timestamp in the header
+    assert write_gzip_lines(tmp_path / "r.jsonl.gz", records) == 2 and (tmp_path / "r.jsonl.gz").read_bytes() == first
+    assert read_gzip_lines(tmp_path / "r.jsonl.gz") == records
+
+
 def test_a_frozen_run_seeds_another_table_once(tmp_path):
     from helpers.results import ResultsTable
 

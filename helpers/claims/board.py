@@ -93,7 +93,8 @@ def record_verdicts(frames: Mapping[str, "object"], claims: Sequence[str], name:
     for frame_name in sorted(used):
         frame = frames.get(frame_name)
         if frame is not None and len(frame):
-            frame.to_csv(frames_dir / f"{frame_name}.csv.gz", index=False)
+            frame.to_csv(frames_dir / f"{frame_name}.csv.gz", index=False,
+                         compression={"method": "gzip", "mtime": 0})  # same frame, same bytes
     head = [f"### {title}", ""] + ([f"*Protocol:* {describe_protocol(protocol)}.", ""] if protocol is not None else [])
     (folder / f"{name}.md").write_text("\n".join(head) + to_markdown(table), encoding="utf-8")
     table.to_csv(folder / f"{name}.csv", index=False)

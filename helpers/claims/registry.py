@@ -660,11 +660,11 @@ def decide_ki4(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
         if not storage["pruning"]:
             skipped.append(_skipped(str(label), "no pruned variant"))
             continue
-        other, _, within = rules.nearest_setting(storage["pruning"], bits, STORAGE_MATCH)
-        if within:
-            pairs += [(label, p) for p, b in storage["pruning"].items()
-                      if rules.nearest_setting({p: b}, bits, STORAGE_MATCH)[2]]
-        else:
+        matched = [p for p, b in storage["pruning"].items()
+                   if abs(math.log(b / bits)) <= math.log(STORAGE_MATCH) + 1e-12]
+        pairs += [(label, p) for p in matched]
+        if not matched:
+            other = rules.nearest_setting(storage["pruning"], bits, STORAGE_MATCH)[0]
             skipped.append(_skipped(f"{label} vs {other}", f"storage differs by more than {STORAGE_MATCH}x "
                                     f"({bits:.3g} vs {storage['pruning'][other]:.3g} bits per weight)"))
     return _decide(claim, _paired_task_points(claim, frame, pairs, side="greater") + skipped, frame, regime,

@@ -1,8 +1,8 @@
 """The figures of notebook 03 (LLM-KICK), drawn from its tidy tables only.
 
 `headline` is `evidence_table` restricted to each task's primary scoring and indexed by (label, task); `points`
-is `kick_points`. Each function returns (figure, finding: one line of what it shows); n is in every panel title, intervals are 95%
-(paired bootstrap over examples for score differences, over windows for the perplexity ratio).
+is `kick_points`. Each function returns (figure, finding: one line of what it shows); n is in every panel title,
+intervals are 95% (paired bootstrap over examples for score differences, over windows for the perplexity ratio).
 """
 from __future__ import annotations
 
@@ -147,9 +147,9 @@ def nm_figure(points, headline, tasks, *, title: str):
             _perplexity_axis(ax)
         else:
             _task_axis(ax, headline, name)
+    ratios = half.groupby(["method", "pattern"]).perplexity_ratio.first()
     finding = "Perplexity / dense at 50%: " + "; ".join(
-        f"{m} " + ", ".join(f"{p} {half[(half.method == m) & (half.pattern == p)].perplexity_ratio.iloc[0]:.2f}x"
-                            for p in patterns if not half[(half.method == m) & (half.pattern == p)].empty)
+        f"{m} " + ", ".join(f"{p} {ratios[(m, p)]:.2f}x" for p in patterns if (m, p) in ratios.index)
         for m in methods) + "."
     return _finish(fig, axes, title, "50% sparsity: N:M vs unstructured, 95% paired bootstrap over examples"), finding
 
@@ -243,13 +243,15 @@ def perplexity_figure(points, headline, tasks, *, title: str):
         ax.legend(fontsize="x-small")
     figure_title(fig, title + " | 95% paired bootstrap over examples")
     fig.tight_layout()
+    from scipy import stats
+
     ranks = []
     for name in tasks:
-        pairs = [(np.log(shown.perplexity_ratio[label]), headline.loc[(label, name)].difference) for label in shown.index
-                 if (label, name) in headline.index]
-        if len(pairs) >= 3:
-            x, y = (np.argsort(np.argsort(v)) for v in zip(*pairs))
-            ranks.append(f"{name} {np.corrcoef(x, y)[0, 1]:.2f} over {len(pairs)} points")
+        labels = [label for label in shown.index if (label, name) in headline.index]
+        if len(labels) >= 3:  # ties (equal differences) take their mean rank
+            differences = [headline.loc[(label, name)].difference for label in labels]
+            rho = stats.spearmanr(shown.perplexity_ratio[labels], differences)
+            ranks.append(f"{name} {rho.statistic:.2f} over {len(labels)} points")
     finding = ("Spearman(perplexity ratio, score difference): " + "; ".join(ranks) + "." if ranks
                else "Fewer than 3 points per task.")
     return fig, finding
