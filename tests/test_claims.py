@@ -376,6 +376,9 @@ def test_ki1_knowledge_loss_at_low_sparsity_and_the_floor():
     assert decide("KI1", task_frame({"wanda 30%": (1.0, PRUNED_30)}, n=400)).verdict == NR
     at_floor = decide("KI1", task_frame({"wanda 30%": (0.6, PRUNED_30)}, dense_accuracy=0.26))
     assert at_floor.verdict == U and "floor" in at_floor.why
+    # an N:M point at 25% is KI2's evidence, not KI1's: with only it, KI1 has no rows
+    quarter_nm = {**PRUNED_30, "sparsity": 0.25, "pattern": "1:4"}
+    assert decide("KI1", task_frame({"wanda 25% 1:4": (0.6, quarter_nm)})).verdict == U
 
 
 def test_ki3_says_which_drop_it_sees():
@@ -552,19 +555,26 @@ def test_ki2_ki4_ki8_compare_task_scores():
 
 
 def test_ki6_calibration_sensitivity_difference():
-    def frame(sparsegpt_loss, wanda_loss):
+    def frame(sparsegpt_loss, wanda_loss, kl_losses=None):
         rng = np.random.default_rng(0)
         base = rng.normal(3.0, 0.2, 8)
         rows = []
         for method, loss in (("sparsegpt", sparsegpt_loss), ("wanda", wanda_loss)):
-            for samples, extra in ((4, loss), (128, 0.0)):
+            kl_loss = loss if kl_losses is None else kl_losses[method]
+            for samples, extra, kl_extra in ((4, loss, kl_loss), (128, 0.0, 0.0)):
                 for seed in (0, 1):
                     rows += [{"label": f"{method} {samples}", "method": method, "calibration_samples": samples,
                               "seed": seed, "window": w, "nll": base[w] + extra + rng.normal(0, 0.01),
-                              "ppl_ratio": 1.3} for w in range(8)]
+                              "kl": 0.5 + kl_extra + rng.normal(0, 0.01), "ppl_ratio": 1.3} for w in range(8)]
         return pd.DataFrame(rows)
-    assert decide("KI6", frame(0.3, 0.01)).verdict == R
+    both = decide("KI6", frame(0.3, 0.01))
+    assert both.verdict == R and [p.name for p in both.points] == ["sparsegpt vs wanda, NLL", "sparsegpt vs wanda, KL"]
     assert decide("KI6", frame(0.01, 0.3)).verdict == NR
+    # KL is a second measure under "all": NLL alone says reproduced, KL the opposite -> not both
+    split = decide("KI6", frame(0.3, 0.01, kl_losses={"sparsegpt": 0.0, "wanda": 0.3}))
+    assert split.verdict not in (R, NR) and len(split.points) == 2
+    # rows without KL (older runs) are judged on NLL alone
+    assert [p.name for p in decide("KI6", frame(0.3, 0.01).drop(columns="kl")).points] == ["sparsegpt vs wanda, NLL"]
 
 
 def test_noise_gate_and_precision_choice():

@@ -214,3 +214,79 @@ def test_free_form_scores_are_rouge_per_example_against_the_reference_or_another
         example_scores("summarization", "judge/gpt4", dense)
     with pytest.raises(ValueError, match="no reference"):
         example_scores("summarization", "rouge/rougeL", [{"index": 0, "generation": "x"}])
+
+
+def test_working_only_skips_the_tasks_of_a_collapsed_point_and_nm_sparsity_is_the_pruned_share(tmp_path):
+    import contextlib
+
+    from helpers.experiments.kick import evidence_table, kick_points
+
+    model, tokenizer = load_model("tiny-llama", layers=2, seed=3)
+    windows = evaluation_windows(tokenizer, seq_len=32, max_windows=2)
+    tasks = [KickTask("kv", "kv_retrieval", 2, KVRetrievalSettings(
+        n_pairs=2, generation=GenerationSettings(max_new_tokens=4, progress=False)))]
+    table = ResultsTable(tmp_path / "results.jsonl")
+    protocol = {"windows": 2, "seq_len": 32}
+    logged = []
+    sweep = KickSweep(model, tokenizer, "tiny-llama", table, DenseReference(model, windows, progress=False),
+                      tmp_path / "records", protocol, log=logged.append, working_only=True)
+
+    @contextlib.contextmanager
+    def sharpened(m):  # logits x50 on a random model: confidently wrong everywhere, perplexity far above 3x
+        norm = m.model.norm.weight
+        saved = norm.detach().clone()
+        with torch.no_grad():
+            norm.mul_(50.0)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                norm.copy_(saved)
+
+    broken = Variant("sharpened", during_evaluation=sharpened, settings={"method": "sharpened"})
+    quarter = Variant("magnitude 25% 1:4", Recipe(method="magnitude", sparsity=0.25, pattern="1:4"), family="pruning")
+    sweep.run([broken, quarter], tasks)
+    frame = latest_frame(table, model="tiny-llama", protocol=protocol)
+    kv = frame[frame.task == "kv"].set_index(["label", "metric"])["value"]
+    ratio = sweep.perplexity_ratio(broken)
+    assert ratio > 3 and kv["sharpened", "not_run"] == pytest.approx(ratio)
+    assert ("sharpened", "score") not in kv.index and any("not run" in m for m in logged)
+    assert ("magnitude 25% 1:4", "agreement") in kv.index          # working: its task ran
+    evidence = evidence_table(frame, tasks, tmp_path / "records")
+    assert "sharpened" not in set(evidence.label) and "magnitude 25% 1:4" in set(evidence.label)
+    # N of every M pruned: 1:4 is 25% sparse (not 75%)
+    assert kick_points(frame).sparsity["magnitude 25% 1:4"] == pytest.approx(0.25)
+    before = len(table.records())
+    sweep.run([broken, quarter], tasks)                             # the not-run row is recorded: skipped now
+    assert len(table.records()) == before
+
+
+def test_a_resumed_sweep_measures_kl_against_the_dense_model(tmp_path):
+    """A new process whose dense point is recorded: the lazy reference must still run on the dense model (before
+    the first variant is compressed), so KL is the same as in a run with an eager reference, and the rows name it."""
+    from helpers.evaluation.metrics import reference_digest
+    from helpers.experiments.kick import kl_rows
+
+    model, tokenizer = load_model("tiny-llama", layers=2, seed=3)
+    windows = evaluation_windows(tokenizer, seq_len=32, max_windows=2)
+    protocol = {"windows": 2, "seq_len": 32}
+    halved = Variant("magnitude 50%", Recipe(method="magnitude", sparsity=0.5), family="pruning")
+
+    def sweep(table, lazy):
+        return KickSweep(model, tokenizer, "tiny-llama", table, DenseReference(model, windows, progress=False, lazy=lazy),
+                         tmp_path / "records", protocol, log=lambda message: None)
+
+    resumed = ResultsTable(tmp_path / "resumed.jsonl")
+    sweep(resumed, lazy=True).run([], [])              # the first process: the dense point only
+    sweep(resumed, lazy=True).run([halved], [])        # a new process: dense recorded, reference not yet computed
+    eager = ResultsTable(tmp_path / "eager.jsonl")
+    sweep(eager, lazy=False).run([halved], [])
+    kl = {name: latest_frame(t, model="tiny-llama", protocol=protocol).query("label == 'magnitude 50%' and "
+                                                                             "metric == 'mean_kl'")
+          for name, t in (("resumed", resumed), ("eager", eager))}
+    assert kl["resumed"].value.iloc[0] > 0
+    assert kl["resumed"].value.iloc[0] == pytest.approx(kl["eager"].value.iloc[0], rel=1e-5)
+    assert kl["resumed"].kl_reference.iloc[0] == reference_digest(model)[:16]
+    # rows without a named reference (recorded before the fix) are not read as KL
+    frame = latest_frame(resumed, model="tiny-llama", protocol=protocol)
+    assert len(kl_rows(frame)) == 2 and kl_rows(frame.drop(columns="kl_reference")).empty  # dense and halved

@@ -586,11 +586,13 @@ def decide_ki1(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
     """KI1, knowledge is lost at trivial sparsity (25-30%). Frame "task_scores": one row per (label, task,
     example) with label, task, example, dense_score and score (the dense and the compressed model's score
     on that example, in [0, 1]), chance, ppl_ratio, plus family, sparsity, task_kind. Rows: pruning at
-    sparsity 0.25-0.30 on task_kind "knowledge" or "factual"; per (label, task) the paired drop above TASK_EFFECT."""
+    sparsity 0.25-0.30 on task_kind "knowledge" or "factual", unstructured where a `pattern` column says (an N:M
+    point at 25% is KI2's); per (label, task) the paired drop above TASK_EFFECT."""
     _require(frame, (*TASK_COLUMNS, "family", "sparsity", "task_kind"), claim)
     sparsity = frame["sparsity"].astype(float)
+    unstructured = frame["pattern"] == "unstructured" if "pattern" in frame.columns else True
     rows = frame[(frame["family"] == "pruning") & (sparsity >= 0.25 - 1e-9) & (sparsity <= 0.30 + 1e-9)
-                 & frame["task_kind"].isin(KNOWLEDGE_KINDS)]
+                 & frame["task_kind"].isin(KNOWLEDGE_KINDS) & unstructured]
     return _decide(claim, _drop_points(claim, rows.groupby(["label", "task"], sort=False)), frame, regime,
                    "pruning at 25-30% on knowledge tasks")
 
@@ -698,29 +700,32 @@ def decide_ki5(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
 def decide_ki6(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
     """KI6, SparseGPT needs calibration samples, Wanda much less. Frame "calibration": label, method
     ("sparsegpt", "wanda"), calibration_samples, seed, window, nll (mean token NLL of the window, nats),
-    ppl_ratio (optionally sparsity: one point per sparsity). Per method, per window (mean over seeds):
-    NLL with the fewest samples - NLL with the most; SparseGPT's loss minus Wanda's, above 0 (direction).
-    The perplexity gate reads the best-calibrated points."""
+    ppl_ratio, optionally kl (mean token KL(dense || point) of the window, nats) and sparsity (one point per
+    sparsity). Per measure (NLL, and KL where every row has it), per method, per window (mean over seeds):
+    the measure with the fewest samples - with the most; SparseGPT's loss minus Wanda's, above 0 (direction),
+    for every measure ("all"). The perplexity gate reads the best-calibrated points."""
     _require(frame, ("label", "method", "calibration_samples", "seed", "window", "nll", "ppl_ratio"), claim)
+    measures = ["nll"] + (["kl"] if "kl" in frame.columns and frame["kl"].notna().all() else [])
     groups = frame.groupby("sparsity", sort=False) if "sparsity" in frame.columns else [(None, frame)]
     points = []
     for sparsity, group in groups:
-        name = "sparsegpt vs wanda" + (f" at {sparsity:g}" if sparsity is not None else "")
-        losses, ratios = {}, []
-        for method in ("sparsegpt", "wanda"):
-            rows = group[group["method"] == method]
-            if rows["calibration_samples"].nunique() < 2:
-                break
-            few, many = rows["calibration_samples"].min(), rows["calibration_samples"].max()
-            mean = rows.groupby(["calibration_samples", "window"])["nll"].mean()
-            losses[method] = mean[few] - mean[many]
-            ratios.append(_ratio(rows[rows["calibration_samples"] == many]))
-        if len(losses) < 2:
-            points.append(_skipped(name, "needs sparsegpt and wanda at two or more calibration sizes"))
-            continue
-        shared = losses["sparsegpt"].index.intersection(losses["wanda"].index)
-        difference = losses["sparsegpt"][shared].to_numpy() - losses["wanda"][shared].to_numpy()
-        points.append(_point(claim, name, rules.mean_interval(difference, unit=claim.unit), ratios))
+        for measure in measures:
+            name = (f"sparsegpt vs wanda, {measure.upper()}" + (f" at {sparsity:g}" if sparsity is not None else ""))
+            losses, ratios = {}, []
+            for method in ("sparsegpt", "wanda"):
+                rows = group[group["method"] == method]
+                if rows["calibration_samples"].nunique() < 2:
+                    break
+                few, many = rows["calibration_samples"].min(), rows["calibration_samples"].max()
+                mean = rows.groupby(["calibration_samples", "window"])[measure].mean()
+                losses[method] = mean[few] - mean[many]
+                ratios.append(_ratio(rows[rows["calibration_samples"] == many]))
+            if len(losses) < 2:
+                points.append(_skipped(name, "needs sparsegpt and wanda at two or more calibration sizes"))
+                continue
+            shared = losses["sparsegpt"].index.intersection(losses["wanda"].index)
+            difference = losses["sparsegpt"][shared].to_numpy() - losses["wanda"][shared].to_numpy()
+            points.append(_point(claim, name, rules.mean_interval(difference, unit=claim.unit), ratios))
     return _decide(claim, points, frame, regime)
 
 

@@ -166,11 +166,19 @@ class DenseReference:
             return []
         if self._model is None:
             raise RuntimeError("the dense pass has run and released the model: its cache paths are no longer known.")
-        model = reference_digest(self._model)[:16]
-        return [self.cache_dir / f"dense_{model}_{reference_digest(None, w)[:16]}.pt" for w in self.windows]
+        return [self.cache_dir / f"dense_{self.model_digest}_{reference_digest(None, w)[:16]}.pt" for w in self.windows]
+
+    @functools.cached_property
+    def model_digest(self) -> str:
+        """The first 16 hex digits of `reference_digest` of the model the pass runs (or ran) on: rows that compare
+        with this reference record it, so a comparison with another reference shows."""
+        if self._model is None:
+            raise RuntimeError("the dense pass has run and released the model before its digest was taken.")
+        return reference_digest(self._model)[:16]
 
     @functools.cached_property
     def _pass(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        _ = self.model_digest  # taken while the model is the one the pass runs on
         paths = self.cache_paths()
         hidden, nll = [], []
         for index, window in enumerate(tqdm(self.windows, desc="dense reference", disable=not self._progress)):

@@ -38,6 +38,7 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
+from ..compression.pruning import Pattern
 from ..evaluation.metrics import DenseReference, evaluate
 from ..evaluation.uncertainty import paired_bootstrap, score_summary
 from ..evaluation.tasks import TASK_KINDS, TaskKind, normalize_answer, read_records, task_kind
@@ -282,6 +283,9 @@ class KickSweep:
     one JSON-lines file per task, tagged with the point's label and attempt, so judges can re-run.
     The points run through helpers.experiments.core.Runner: restore (checked), compress, then one
     measurement for WikiText-2 perplexity + KL and one per task, each recorded as soon as it is done.
+    working_only: a point whose perplexity ratio to dense fails the project's working rule
+    (`claims.rules.is_working`) skips its tasks and records a "not_run" row with the ratio instead: no verdict
+    reads a collapsed point's task scores, and on a large task set they cost as much as a working point's.
     """
     model: nn.Module
     tokenizer: Any
@@ -295,6 +299,7 @@ class KickSweep:
     run_id: str | None = None
     log: Callable[[str], None] = print
     snapshot: ModelSnapshot | None = None
+    working_only: bool = False
     _dense_records: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -331,12 +336,35 @@ class KickSweep:
             nll = window.nll.double().mean(1).tolist()
             kl = window.kl.double().mean(1).tolist()
             return [{"metric": "perplexity", "value": window.perplexity, "window_nll": nll},
-                    {"metric": "mean_kl", "value": window.mean_kl(), "window_kl": kl}]
+                    {"metric": "mean_kl", "value": window.mean_kl(), "window_kl": kl,
+                     "kl_reference": self.reference.model_digest}]
 
-        return Measurement("wikitext2", measure, dataset="wikitext2")
+        # prepare: the lazy reference's pass runs on the dense model before any variant is compressed
+        return Measurement("wikitext2", measure, dataset="wikitext2", prepare=self.reference.prepare)
+
+    def perplexity_ratio(self, variant: Variant) -> float:
+        """`variant`'s recorded WikiText-2 perplexity over the dense model's (the latest of each)."""
+        keys = {self.runner.key(v, self.perplexity_measurement()): v.label for v in (Variant.dense(), variant)}
+        found = {keys[r["key"]]: float(r["value"]) for r in self.table.records()
+                 if r.get("key") in keys and r.get("metric") == "perplexity"}
+        missing = [label for label in keys.values() if label not in found]
+        if missing:
+            raise ValueError(f"no WikiText-2 perplexity of {missing} is recorded in {self.table.path}; working_only "
+                             "reads it before a task: run the perplexity measurement (and the dense point) first.")
+        return found[variant.label] / found[DENSE_LABEL]
 
     def task_measurement(self, task: KickTask) -> Measurement:
         def measure(point: Point) -> list[dict]:
+            if self.working_only and not point.variant.is_dense:
+                from ..claims.rules import WORKING_MAX_PPL_RATIO, is_working
+
+                ratio = self.perplexity_ratio(point.variant)
+                if not is_working(ratio):
+                    self.log(f"{point.variant.label}: {task.name} not run: perplexity {ratio:.3g}x dense, beyond the "
+                             f"{WORKING_MAX_PPL_RATIO:g}x working threshold")
+                    return [{"metric": "not_run", "value": ratio,
+                             "reason": f"collapsed: perplexity {ratio:.3g}x dense (working: <= "
+                                       f"{WORKING_MAX_PPL_RATIO:g}x)"}]
             context = {"label": point.variant.label, "attempt": point.attempt, "model": self.model_name}
             result = task.run(point.model, self.tokenizer, judges=self.judges, records_path=self.records_path(task),
                               judgements_path=self.judgements_path(task), context=context)
@@ -447,7 +475,7 @@ def perplexity_table(frame, *, confidence: float = 0.95, seed: int = 0):
     from ..evaluation.uncertainty import t_interval
 
     ppl = frame[(frame.metric == "perplexity") & frame.get("window_nll", pd.Series(index=frame.index)).notna()]
-    kl = frame[(frame.metric == "mean_kl") & frame.get("window_kl", pd.Series(index=frame.index)).notna()]
+    kl = kl_rows(frame)
     if ppl.empty:
         raise ValueError("no perplexity row carries per-window NLL ('window_nll'); re-run the points with this "
                          "version of KickSweep, which records them.")
@@ -573,6 +601,18 @@ def task_roles(baseline, tasks: Sequence[KickTask], *, sweep_tasks="auto", sweep
     return baseline, swept, focused
 
 
+def kl_rows(frame):
+    """The wikitext2 mean_kl rows whose per-window KL (`window_kl`) was measured against the dense reference they
+    name (`kl_reference`, the dense model's digest). Rows without one were recorded before the sweep prepared its
+    lazy reference on the dense model: a resumed run then took the reference from its first compressed point, so
+    their KL is not read (perplexity is unaffected: it needs no reference)."""
+    import pandas as pd
+
+    empty = pd.Series(index=frame.index, dtype=object)
+    return frame[(frame.metric == "mean_kl") & frame.get("window_kl", empty).notna()
+                 & frame.get("kl_reference", empty).notna()]
+
+
 def kick_points(frame):
     """One row per point of a sweep: method, family, pattern, sparsity (the recorded setting), bits (nan: none),
     bits_per_weight, calibration samples and seed, with perplexity and its ratio to dense (`perplexity_table`)."""
@@ -587,10 +627,9 @@ def kick_points(frame):
                            "bits_per_weight": first["bits_per_weight"],
                            "calibration_samples": get("settings.recipe.calibration.n_samples"),
                            "calibration_seed": get("settings.recipe.calibration.seed")})
-    points.loc[points.pattern.str.contains(":"), "sparsity"] = [
-        1 - int(p.split(":")[0]) / int(p.split(":")[1]) for p in points.pattern[points.pattern.str.contains(":")]]
+    points["sparsity"] = [Pattern.parse(p).sparsity if ":" in p else s for p, s in zip(points.pattern, points.sparsity)]
     ppl = perplexity_table(frame)
-    points = points.join(ppl[["perplexity", "perplexity_ratio", "mean_kl"]])
+    points = points.join(ppl.reindex(columns=["perplexity", "perplexity_ratio", "mean_kl"]))  # mean_kl: see kl_rows
     points.loc[DENSE_LABEL, "perplexity_ratio"] = 1.0
     return points
 
@@ -627,19 +666,24 @@ def task_frame(frame, tasks: Sequence[KickTask], records_dir: str | Path, points
 
 def calibration_frame(frame, points, *, sparsity: float):
     """The claims board's "calibration" frame (KI6): per unstructured Wanda / SparseGPT point at `sparsity`
-    and per window: label, method, calibration_samples, seed, sparsity, window, nll, ppl_ratio."""
+    and per window: label, method, calibration_samples, seed, sparsity, window, nll (mean token NLL), kl (mean
+    token KL(dense || point), nats; nan where no row measured it against the dense reference: `kl_rows`), ppl_ratio."""
     import pandas as pd
 
     rows = frame[(frame.metric == "perplexity") & frame.label.isin(points.index)]
+    measured = kl_rows(frame)
+    window_kl = dict(zip(measured.label, measured.window_kl))
     chosen = points[points.method.isin(["wanda", "sparsegpt"]) & (points.pattern == "unstructured")
                     & ((points.sparsity - sparsity).abs() < 1e-9)]
     out = []
     for label, nll in zip(rows.label, rows.window_nll):
         if label in chosen.index:
             p = chosen.loc[label]
+            kl = window_kl.get(label)
+            kl = kl if isinstance(kl, list) and len(kl) == len(nll) else [float("nan")] * len(nll)
             out.append(pd.DataFrame({"label": label, "method": p.method, "calibration_samples": p.calibration_samples,
                                      "seed": p.calibration_seed, "sparsity": sparsity, "window": range(len(nll)),
-                                     "nll": nll, "ppl_ratio": p.perplexity_ratio}))
+                                     "nll": nll, "kl": kl, "ppl_ratio": p.perplexity_ratio}))
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 

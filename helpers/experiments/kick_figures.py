@@ -194,28 +194,36 @@ def storage_figure(points, headline, tasks, *, title: str):
 
 
 def calibration_figure(calibration, *, title: str):
-    """WikiText-2 perplexity per calibration count (from the "calibration" frame's per-window NLL): each seed a
-    dot, the seeds' mean a line, one colour per method."""
+    """WikiText-2 perplexity and mean KL(dense || point) per calibration count (from the "calibration" frame's
+    per-window NLL and KL; KL's panel only where the frame has it): each seed a dot, the seeds' mean a line, one
+    colour per method."""
     import matplotlib.pyplot as plt
 
-    per_run = calibration.groupby(["method", "calibration_samples", "seed"]).nll.mean().reset_index()
+    measures = {"nll": "mean"} | ({"kl": "mean"} if "kl" in calibration and calibration.kl.notna().all() else {})
+    per_run = calibration.groupby(["method", "calibration_samples", "seed"]).agg(measures).reset_index()
     per_run["perplexity"] = np.exp(per_run.nll)
+    panels = [("perplexity", "WikiText-2 perplexity")] + ([("kl", "mean KL(dense || pruned), nats per token")]
+                                                        if "kl" in measures else [])
     styles = series_styles(list(dict.fromkeys(per_run.method)))
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for method, rows in per_run.groupby("method", sort=False):
-        ax.scatter(rows.calibration_samples, rows.perplexity, color=styles[method]["color"], alpha=0.5, s=14)
-        means = rows.groupby("calibration_samples").perplexity.mean()
-        ax.plot(means.index, means.values, color=styles[method]["color"], marker=styles[method]["marker"], label=method)
-    ax.set(xscale="log", xlabel="calibration sequences (log axis)", ylabel="WikiText-2 perplexity")
-    ax.set_xticks(sorted(per_run.calibration_samples.unique()), [f"{s:g}" for s in sorted(per_run.calibration_samples.unique())])
-    ax.minorticks_off()
-    ax.legend(fontsize="x-small")
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.2), squeeze=False)
+    counts = sorted(per_run.calibration_samples.unique())
+    for ax, (column, label) in zip(axes[0], panels):
+        for method, rows in per_run.groupby("method", sort=False):
+            ax.scatter(rows.calibration_samples, rows[column], color=styles[method]["color"], alpha=0.5, s=14)
+            means = rows.groupby("calibration_samples")[column].mean()
+            ax.plot(means.index, means.values, color=styles[method]["color"], marker=styles[method]["marker"],
+                    label=method)
+        ax.set(xscale="log", xlabel="calibration sequences (log axis)", ylabel=label)
+        ax.set_xticks(counts, [f"{s:g}" for s in counts])
+        ax.minorticks_off()
+        ax.legend(fontsize="x-small")
     seeds = per_run.seed.nunique()
     figure_title(fig, title + f"\ndots: {seeds} calibration seeds; line: their mean")
     fig.tight_layout()
-    means = per_run.groupby(["method", "calibration_samples"]).perplexity.mean()
-    finding = f"Mean perplexity over {seeds} calibration seeds, fewest -> most sequences: " + "; ".join(
-        f"{m} {rows.iloc[0]:.1f} at {rows.index[0][1]:g} -> {rows.iloc[-1]:.1f} at {rows.index[-1][1]:g}"
+    means = per_run.groupby(["method", "calibration_samples"])[[c for c, _ in panels]].mean()
+    finding = f"Mean over {seeds} calibration seeds, fewest -> most sequences: " + "; ".join(
+        f"{m} perplexity {rows.perplexity.iloc[0]:.1f} at {rows.index[0][1]:g} -> {rows.perplexity.iloc[-1]:.1f} at "
+        f"{rows.index[-1][1]:g}" + (f", KL {rows.kl.iloc[0]:.3f} -> {rows.kl.iloc[-1]:.3f} nats" if "kl" in rows else "")
         for m, rows in means.groupby(level=0, sort=False)) + "."
     return fig, finding
 

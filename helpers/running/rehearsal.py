@@ -178,8 +178,8 @@ def rehearsal_overrides(notebook: Path, *, device: str, dtype: str | None, judge
     overrides = {**CUTS.get(Path(notebook).stem, {}), "device": device}
     if dtype:
         overrides["dtype"] = dtype
-    if judge_url and "openai_judge_base_url" in declared:
-        overrides.update(openai_judge_base_url=judge_url, openai_judge_api_key_env=None)
+    if judge_url and "openai_judge" in declared:
+        overrides["openai_judge"] = {**declared["openai_judge"], "base_url": judge_url, "api_key_env": None}
     overrides.update({k: v for k, v in (extra or {}).items() if k in declared})
     unknown = [k for k in overrides if k not in declared]
     if unknown:
