@@ -125,7 +125,10 @@ def test_no_big_or_data_files_tracked():
                       f"committed run's frozen rows and frames under results/committed/NN_verdicts*/): {data}")
 
 
-@each
+RUNS = sorted((REPO / "notebooks" / "runs").glob("*.ipynb"))  # second committed runs (e.g. the long profile's)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + RUNS, ids=lambda p: p.name)
 def test_a_notebook_is_a_short_script_whose_prose_quotes_printed_numbers(path):
     nb = read(path)
     code = [c for c in nb.cells if c.cell_type == "code"]

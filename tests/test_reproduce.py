@@ -229,3 +229,24 @@ def test_from_committed_seeds_the_committed_run_and_skips_notebooks_without_one(
     assert [(o.notebook, o.status) for o in outcomes] == [("01_kept", "ran"), ("02_other", "skipped")]
     assert "rows 1" in capsys.readouterr().out and "1 rows seeded from 01_verdicts" in "\n".join(lines)
     assert rp.committed_rows(source / "01_kept.ipynb", {"run_name": "gemma3"}, repo).parent.name == "01_verdicts_gemma3"
+
+
+def test_a_second_runs_prose_is_its_own_and_survives_a_re_run(tmp_path):
+    def notebook(path, prose):
+        nb = new_notebook(metadata=METADATA, cells=[new_markdown_cell("# title"), new_code_cell("x = 1"),
+                                                    new_markdown_cell(prose), new_markdown_cell("## Another heading")])
+        nbformat.write(nb, str(path))
+        return path
+
+    cpu_prose = rp.PROSE_HEADING + "\nThe cpu run's model: 0.123."
+    executed = notebook(tmp_path / "executed.ipynb", cpu_prose)
+    copy = tmp_path / "runs" / "nb.long.ipynb"
+    assert rp.carry_prose(executed, copy) == 1                # no earlier copy: a note instead of the cpu prose
+    cells = nbformat.read(str(executed), as_version=4).cells
+    assert cells[2].source == rp.PROSE_PENDING and cells[3].source == "## Another heading"
+    copy.parent.mkdir()
+    long_prose = rp.PROSE_HEADING + " (this run)\nThe long run's model: 0.456."
+    notebook(copy, long_prose)
+    executed = notebook(tmp_path / "executed.ipynb", cpu_prose)  # a re-run of the long profile
+    assert rp.carry_prose(executed, copy) == 1
+    assert nbformat.read(str(executed), as_version=4).cells[2].source == long_prose

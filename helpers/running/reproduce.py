@@ -12,7 +12,8 @@ Profiles:
   the floor; notebook 04: Gemma-3-270M, the main comparison at one sparsity); only
   notebooks with a `long` entry run. With `--inplace` its figures (named with
   the run's suffix) go to figures/, its results to results/ and its executed copy to
-  `notebooks/runs/<name>.long.ipynb`; the committed notebook keeps the cpu run.
+  `notebooks/runs/<name>.long.ipynb` (its "What the numbers show" prose is its own, kept across re-runs:
+  `carry_prose`); the committed notebook keeps the cpu run.
 - `paper`: the paper-scale settings, a hub model on cuda (needs a network or a local copy).
 
 A notebook's parameters per profile live in PROFILES below: add your notebook's entry there (keyed
@@ -365,6 +366,30 @@ def execute(notebook: Path, output: Path, parameters: dict, cwd: Path, *, profil
         raise error
 
 
+PROSE_HEADING = "## What the numbers show"
+PROSE_PENDING = (PROSE_HEADING + " (this run)\n*Written from this run's printed numbers once it has finished: the "
+                 "notebook's own prose is about its cpu run (another model), so it is not repeated here.*")
+
+
+def carry_prose(executed: Path, previous: Path) -> int:
+    """A second committed run's interpretation (its markdown cells that start with PROSE_HEADING) is its own:
+    rewrite `executed`'s such cells with `previous`'s (the committed copy of an earlier run of this profile), or
+    with PROSE_PENDING where there is none, since the notebook's prose quotes the cpu run's numbers. Returns the
+    number of cells rewritten."""
+    nb = json.loads(Path(executed).read_text(encoding="utf-8"))
+    old = json.loads(Path(previous).read_text(encoding="utf-8"))["cells"] if Path(previous).is_file() else []
+    source = lambda cell: "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]  # noqa: E731
+    kept = [source(c) for c in old if c["cell_type"] == "markdown" and source(c).startswith(PROSE_HEADING)]
+    rewritten = 0
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "markdown" and source(cell).startswith(PROSE_HEADING):
+            text = kept[rewritten] if rewritten < len(kept) else PROSE_PENDING
+            cell["source"] = text.splitlines(keepends=True)
+            rewritten += 1
+    Path(executed).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return rewritten
+
+
 def execute_in_process(notebook: Path, parameters: dict, cwd: Path, *, log=print) -> float:
     """Run the notebook's code cells in this Python process, `parameters` assigned right after the
     `parameters` cell (as papermill injects them); returns the seconds taken.
@@ -489,6 +514,7 @@ def reproduce(profile: str, *, only: list[str] | None = None, redo: bool = False
         elif inplace:  # a second committed run beside the notebook, which keeps the cpu run
             copy = notebooks_dir / "runs" / f"{notebook.stem}.{profile}.ipynb"
             copy.parent.mkdir(exist_ok=True)
+            carry_prose(output, copy)
             shutil.copyfile(output, copy)
         outcomes.append(Outcome(notebook.stem, "ran", seconds, output=output, parameters=parameters))
         log(f"{prefix}: done in {seconds:.0f} s")
