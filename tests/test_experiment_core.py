@@ -241,3 +241,25 @@ def test_latest_frame_drops_rows_of_a_label_recorded_under_an_older_key(tiny, tm
     frame = latest_frame(table)
     assert frame[frame.metric == "x"].value.tolist() == [0.3]
     assert len({r["key"] for r in table.records()}) == 2  # both are kept in the file
+
+
+def test_a_measurement_measures_again_what_it_no_longer_accepts(tiny, tmp_path):
+    model, _, _ = tiny
+    table = ResultsTable(tmp_path / "r.jsonl")
+    variant = Variant("magnitude 50%", Recipe(method="magnitude", sparsity=0.5), family="pruning")
+    calls = []
+
+    def measurement(field_value, current=None):
+        def measure(point):
+            calls.append(field_value)
+            return [{"metric": "score", "value": 1.0, **({"reference": field_value} if field_value else {})}]
+        return Measurement("probe", measure, current=current)
+
+    needs_reference = lambda row: row.get("metric") != "score" or bool(row.get("reference"))  # noqa: E731
+    quiet_runner(model, table).run([variant], [measurement(None)])                         # an old row: no field
+    quiet_runner(model, table).run([variant], [measurement("dense", needs_reference)])     # rejected: measured again
+    quiet_runner(model, table).run([variant], [measurement("again", needs_reference)])     # the latest is accepted
+    quiet_runner(model, table).run([variant], [measurement("plain")])                      # no check: skipped
+    assert calls == [None, "dense"]
+    frame = latest_frame(table, model="tiny-llama", protocol={"dataset": "random"})
+    assert list(frame[frame.metric == "score"].reference) == ["dense"]

@@ -347,12 +347,15 @@ class Measurement:
     describe: what identifies it (e.g. the task's settings), part of the skip key; dataset: recorded;
     prepare: called on the dense model once before any variant is compressed, when some variant still needs
     this measurement (a lazy dense reference runs its pass there).
+    current: row -> False for a recorded row this code no longer accepts (e.g. one that lacks a field a defect
+    fix added); a (variant, measurement) whose latest attempt has such a row is measured again.
     """
     name: str
     measure: Callable[[Point], list[dict]]
     describe: Mapping = field(default_factory=dict)
     dataset: str | None = None
     prepare: Callable[[], None] | None = None
+    current: Callable[[Mapping], bool] | None = None
 
 
 @dataclass
@@ -390,6 +393,16 @@ class Runner:
                  if self.key(variant, m, numbers_version=version) in recorded}
         return sorted("unknown" if version is None else str(version) for version in found)
 
+    @staticmethod
+    def outdated(records: Sequence[Mapping], measurements: Sequence[Measurement]) -> set[str]:
+        """The keys whose latest attempt has a row that its measurement's `current` rejects."""
+        checks = {m.name: m.current for m in measurements if m.current is not None}
+        if not checks:
+            return set()
+        latest = {r["key"]: r["attempt"] for r in records if r.get("task") in checks}
+        return {r["key"] for r in records if r.get("task") in checks and latest.get(r["key"]) == r["attempt"]
+                and not checks[r["task"]](r)}
+
     def calibration(self, settings: CalibrationSettings) -> torch.Tensor:
         """The calibration tokens a recipe records (dataset, count, length and seed), drawn once per settings:
         a variant never runs on ids drawn for another recipe's settings."""
@@ -421,7 +434,7 @@ class Runner:
         if len(set(names)) != len(names) or not names:
             raise ValueError(f"measurement names must be unique and at least one; got {names}.")
         records = [r for r in self.table.records() if r.get("attempt")]
-        recorded = {r.get("key") for r in records}
+        recorded = {r.get("key") for r in records} - self.outdated(records, measurements)
         other_versions = {r.get("numbers_version") for r in records} - {NUMBERS_VERSION}
         pending = {v.label: [m for m in measurements if self.key(v, m) not in recorded] for v in variants}
         checked = set(self._calibration)
