@@ -111,21 +111,26 @@ def scores_figure(points, headline, tasks, *, title: str):
 
 
 def nm_figure(points, headline, tasks, *, title: str):
-    """N:M against unstructured at 50% per method: the perplexity ratio (plain-labelled log axis) and each
-    swept task's paired difference from dense, bars with 95% intervals."""
+    """N:M against unstructured at the same sparsity, per method and sparsity that has an N:M point (2:4 and 4:8
+    at 50%, 1:4 at 25%): the perplexity ratio (plain-labelled log axis) and each swept task's paired difference
+    from dense, bars with 95% intervals."""
     import matplotlib.pyplot as plt
 
-    half = points[(points.family == "pruning") & ((points.sparsity - 0.5).abs() < 1e-9)
-                  & points.calibration_seed.eq(points.calibration_seed.min())]
-    methods = list(dict.fromkeys(half[half.pattern != "unstructured"].method))
-    patterns = ["unstructured", *sorted(p for p in set(half.pattern) if p != "unstructured")]
-    fig, axes = plt.subplots(1, 1 + len(tasks), figsize=(3.9 * (1 + len(tasks)), 3.9), squeeze=False)
+    pruned = points[(points.family == "pruning") & points.calibration_seed.eq(points.calibration_seed.min())]
+    key = list(zip(pruned.method, pruned.sparsity.round(6)))
+    nm = [k for k, pattern in zip(key, pruned.pattern) if pattern != "unstructured"]
+    order = list(dict.fromkeys(m for m, _ in nm))
+    groups = sorted(dict.fromkeys(nm), key=lambda g: (g[1], order.index(g[0])))  # by sparsity, then method
+    shown = pruned[[k in groups for k in key]].assign(group=[k for k in key if k in groups])
+    patterns = ["unstructured", *sorted(p for p in set(shown.pattern) if p != "unstructured")]
+    fig, axes = plt.subplots(1, 1 + len(tasks), figsize=(max(3.9, 1.3 * len(groups)) * (1 + len(tasks)), 3.9),
+                             squeeze=False)
     width = 0.8 / len(patterns)
     for ax, name in zip(axes[0], ["wikitext2", *tasks]):
         for k, pattern in enumerate(patterns):
             xs, ys, lows, highs = [], [], [], []
-            for i, method in enumerate(methods):
-                match = half[(half.method == method) & (half.pattern == pattern)]
+            for i, group in enumerate(groups):
+                match = shown[(shown.group == group) & (shown.pattern == pattern)]
                 if match.empty:
                     continue
                 label = match.index[0]
@@ -140,18 +145,19 @@ def nm_figure(points, headline, tasks, *, title: str):
             base = 1.0 if name == "wikitext2" else 0.0  # a ratio's bar starts at 1 (dense), a difference's at 0
             ax.bar(xs, np.asarray(ys, dtype=float) - base, width, bottom=base, yerr=_bars(ys, lows, highs), capsize=3,
                    label=pattern, color=f"C{k}")
-        ax.set_xticks(range(len(methods)), methods)
+        ax.set_xticks(range(len(groups)), [f"{m}\n{s:.0%}" for m, s in groups])
         if name == "wikitext2":
-            top = float(np.nanmax(half.perplexity_ratio)) if len(half) else 2.0
+            top = float(np.nanmax(shown.perplexity_ratio)) if len(shown) else 2.0
             ax.set_ylim(0.9, top * 1.3)
             _perplexity_axis(ax)
         else:
             _task_axis(ax, headline, name)
-    ratios = half.groupby(["method", "pattern"]).perplexity_ratio.first()
-    finding = "Perplexity / dense at 50%: " + "; ".join(
-        f"{m} " + ", ".join(f"{p} {ratios[(m, p)]:.2f}x" for p in patterns if (m, p) in ratios.index)
-        for m in methods) + "."
-    return _finish(fig, axes, title, "50% sparsity: N:M vs unstructured, 95% paired bootstrap over examples"), finding
+    ratios = shown.groupby(["group", "pattern"]).perplexity_ratio.first()
+    finding = "Perplexity / dense: " + "; ".join(
+        f"{m} {s:.0%} " + ", ".join(f"{p} {ratios[((m, s), p)]:.2f}x" for p in patterns if ((m, s), p) in ratios.index)
+        for m, s in groups) + "."
+    return _finish(fig, axes, title, "N:M vs unstructured at the same sparsity, 95% paired bootstrap over examples"), \
+        finding
 
 
 def storage_figure(points, headline, tasks, *, title: str):
