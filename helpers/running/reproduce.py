@@ -82,15 +82,15 @@ PROFILES: dict[str, dict[str, dict]] = {
         # cpu: the notebook's defaults (SmolLM2, 3 seeds x 64 windows of 512 tokens, bf16: see FLOAT32)
         "cpu": {},
         # the second architecture: Gemma-3-270M, 3 seeds, the schedules at the 1.3x and 2x rungs, joint 4-bit at the
-        # lower one, four layer-type probes. Sized from benchmarks/README.md: its float32 262K-entry head makes a
-        # token cost ~17 ms to evaluate (head twice), so 16 windows x 512 tokens take ~2.5 min per point; with the
-        # compression, ~4 min per point and ~36 points: ~2.5 h. No 3-bit (it collapses SmolLM2 at the lowest rung),
-        # no nominal 0.70 beyond its ladder rung (uniform, first seed), no ablations, no dense-Hessian points.
+        # lower one, four layer-type probes, uniform from the dense Hessians at both rungs (HS4, HS6; first seed).
+        # Measured: ~45 s compression + ~85 s evaluation per point (the float32 262K-entry head dominates), 33 points
+        # and the ladder: ~1.9 h. No 3-bit (it collapses SmolLM2 at the lowest rung), no nominal 0.70 beyond its
+        # ladder rung (uniform, first seed: 9.36x), no ablations.
         # Its ladder starts at 0.20: Gemma-3 is 1.33x dense already at 0.30 (SmolLM2 1.14x), 2.63x at 0.50.
         "long": {"model": "gemma3-270m", "max_windows": 16, "run_name": "gemma3", **FLOAT32,
                  "ladder": [0.2, 0.3, 0.4, 0.5, 0.6, 0.7], "target_ratios": [1.3, 2.0], "nominal": [], "quant_bits": [4],
                  "ablations": [], "kind_probes": ["k_proj", "v_proj", "o_proj", "down_proj"],
-                 "dense_statistics": False, "results_path": "../results/hessian_scheduler_gemma3.jsonl"},
+                 "results_path": "../results/hessian_scheduler_gemma3.jsonl"},
         "paper": {"model": "facebook/opt-1.3b", "dtype": "float16", "device": "cuda", "threads": 8,
                   "kind_probes": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
                   "calibration_count": 128, "calibration_seq_len": 2048, "eval_seq_len": 2048, "max_windows": None,
