@@ -290,3 +290,5 @@ def test_a_resumed_sweep_measures_kl_against_the_dense_model(tmp_path):
     # rows without a named reference (recorded before the fix) are not read as KL
     frame = latest_frame(resumed, model="tiny-llama", protocol=protocol)
     assert len(kl_rows(frame)) == 2 and kl_rows(frame.drop(columns="kl_reference")).empty  # dense and halved
+    other = frame.assign(kl_reference=frame.kl_reference.where(frame.label == "dense", "0123456789abcdef"))
+    assert list(kl_rows(other).label) == ["dense"]                  # measured against another model: not read

@@ -605,14 +605,18 @@ def task_roles(baseline, tasks: Sequence[KickTask], *, sweep_tasks="auto", sweep
 
 def kl_rows(frame):
     """The wikitext2 mean_kl rows whose per-window KL (`window_kl`) was measured against the dense reference they
-    name (`kl_reference`, the dense model's digest). Rows without one were recorded before the sweep prepared its
-    lazy reference on the dense model: a resumed run then took the reference from its first compressed point, so
-    their KL is not read (perplexity is unaffected: it needs no reference)."""
+    name (`kl_reference`, the dense model's digest), and, where the dense point's own row names one, that same one.
+    Rows without one were recorded before the sweep prepared its lazy reference on the dense model: a resumed run
+    then took the reference from its first compressed point, so their KL is not read (perplexity is unaffected: it
+    needs no reference)."""
     import pandas as pd
 
+    if "kl_reference" not in frame.columns:
+        return frame.iloc[:0]
     empty = pd.Series(index=frame.index, dtype=object)
-    return frame[(frame.metric == "mean_kl") & frame.get("window_kl", empty).notna()
-                 & frame.get("kl_reference", empty).notna()]
+    named = frame[(frame.metric == "mean_kl") & frame.get("window_kl", empty).notna() & frame.kl_reference.notna()]
+    dense = named.loc[named.label == DENSE_LABEL, "kl_reference"]
+    return named[named.kl_reference == dense.iloc[-1]] if len(dense) else named
 
 
 def kick_points(frame):
