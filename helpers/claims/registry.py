@@ -662,8 +662,7 @@ def decide_ki4(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
         if not storage["pruning"]:
             skipped.append(_skipped(str(label), "no pruned variant"))
             continue
-        matched = [p for p, b in storage["pruning"].items()
-                   if abs(math.log(b / bits)) <= math.log(STORAGE_MATCH) + 1e-12]
+        matched = [p for p, b in storage["pruning"].items() if rules.within_factor(b, bits, STORAGE_MATCH)]
         pairs += [(label, p) for p in matched]
         if not matched:
             other = rules.nearest_setting(storage["pruning"], bits, STORAGE_MATCH)[0]
@@ -707,26 +706,27 @@ def decide_ki6(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
     _require(frame, ("label", "method", "calibration_samples", "seed", "window", "nll", "ppl_ratio"), claim)
     measures = ["nll"] + (["kl"] if "kl" in frame.columns and frame["kl"].notna().all() else [])
     groups = frame.groupby("sparsity", sort=False) if "sparsity" in frame.columns else [(None, frame)]
-    points = []
-    for sparsity, group in groups:
-        for measure in measures:
-            name = (f"sparsegpt vs wanda, {measure.upper()}" + (f" at {sparsity:g}" if sparsity is not None else ""))
-            losses, ratios = {}, []
-            for method in ("sparsegpt", "wanda"):
-                rows = group[group["method"] == method]
-                if rows["calibration_samples"].nunique() < 2:
-                    break
-                few, many = rows["calibration_samples"].min(), rows["calibration_samples"].max()
-                mean = rows.groupby(["calibration_samples", "window"])[measure].mean()
-                losses[method] = mean[few] - mean[many]
-                ratios.append(_ratio(rows[rows["calibration_samples"] == many]))
-            if len(losses) < 2:
-                points.append(_skipped(name, "needs sparsegpt and wanda at two or more calibration sizes"))
-                continue
-            shared = losses["sparsegpt"].index.intersection(losses["wanda"].index)
-            difference = losses["sparsegpt"][shared].to_numpy() - losses["wanda"][shared].to_numpy()
-            points.append(_point(claim, name, rules.mean_interval(difference, unit=claim.unit), ratios))
+    points = [_calibration_point(claim, group, measure, f"sparsegpt vs wanda, {measure.upper()}"
+                                 + (f" at {sparsity:g}" if sparsity is not None else ""))
+              for sparsity, group in groups for measure in measures]
     return _decide(claim, points, frame, regime)
+
+
+def _calibration_point(claim: Claim, group, measure: str, name: str) -> Point:
+    """KI6's point for one sparsity and measure: per window (mean over seeds), the measure with the fewest
+    calibration samples minus with the most, SparseGPT's minus Wanda's."""
+    losses, ratios = {}, []
+    for method in ("sparsegpt", "wanda"):
+        rows = group[group["method"] == method]
+        if rows["calibration_samples"].nunique() < 2:
+            return _skipped(name, "needs sparsegpt and wanda at two or more calibration sizes")
+        few, many = rows["calibration_samples"].min(), rows["calibration_samples"].max()
+        mean = rows.groupby(["calibration_samples", "window"])[measure].mean()
+        losses[method] = mean[few] - mean[many]
+        ratios.append(_ratio(rows[rows["calibration_samples"] == many]))
+    shared = losses["sparsegpt"].index.intersection(losses["wanda"].index)
+    difference = losses["sparsegpt"][shared].to_numpy() - losses["wanda"][shared].to_numpy()
+    return _point(claim, name, rules.mean_interval(difference, unit=claim.unit), ratios)
 
 
 def decide_ki7(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
@@ -741,7 +741,7 @@ def decide_ki7(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
               else {label: label for label in ratios.index})
     labels = list(ratios.index)
     pairs = [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:]
-             if abs(math.log(ratios[a] / ratios[b])) <= math.log(PERPLEXITY_MATCH) and method[a] != method[b]]
+             if rules.within_factor(ratios[a], ratios[b], PERPLEXITY_MATCH) and method[a] != method[b]]
     return _decide(claim, _paired_task_points(claim, frame, pairs, side="two-sided"), frame, "damage-matched",
                    "two variants within 1.1x perplexity")
 

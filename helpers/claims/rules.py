@@ -412,6 +412,11 @@ class DamageMatch:
     within_tolerance: bool       # measured within `tolerance` x of published
 
 
+def within_factor(a: float, b: float, tolerance: float) -> bool:
+    """Whether two positive values lie within a factor `tolerance` of each other (1.1: a / b in [1/1.1, 1.1])."""
+    return abs(math.log(a / b)) <= math.log(tolerance) + 1e-12
+
+
 def nearest_setting(values: Mapping[str, float], target: float, tolerance: float) -> tuple[str, float, bool]:
     """(setting, |log(value / target)|, within tolerance) of the setting whose positive value lies nearest
     to `target` on a log scale; `tolerance` is a factor (1.25: within [target / 1.25, target * 1.25])."""
@@ -424,7 +429,7 @@ def nearest_setting(values: Mapping[str, float], target: float, tolerance: float
         raise ValueError(f"nearest_setting: no positive, finite value among {dict(values)}.")
     setting = min(usable, key=lambda k: (abs(math.log(usable[k] / target)), str(k)))
     distance = abs(math.log(usable[setting] / target))
-    return setting, distance, distance <= math.log(tolerance) + 1e-12
+    return setting, distance, within_factor(usable[setting], target, tolerance)
 
 
 def damage_match(measured: Mapping[str, float], published_ratio: float, *,

@@ -44,7 +44,7 @@ from ..evaluation.uncertainty import paired_bootstrap, score_summary
 from ..evaluation.tasks import TASK_KINDS, TaskKind, normalize_answer, read_records, task_kind
 from ..evaluation.tasks.records import TaskResult
 from ..results import ResultsTable, append_lines, read_gzip_lines, write_gzip_lines
-from .core import DENSE_LABEL, Measurement, ModelSnapshot, Point, Runner, Variant
+from .core import DENSE_LABEL, Measurement, ModelSnapshot, Point, Runner, Variant, latest_frame
 
 
 # --------------------------------------------------------------------------- comparisons with the dense model
@@ -346,10 +346,12 @@ class KickSweep:
 
     def perplexity_ratio(self, variant: Variant) -> float:
         """`variant`'s recorded WikiText-2 perplexity over the dense model's (the latest of each)."""
-        keys = {self.runner.key(v, self.perplexity_measurement()): v.label for v in (Variant.dense(), variant)}
-        found = {keys[r["key"]]: float(r["value"]) for r in self.table.records()
-                 if r.get("key") in keys and r.get("metric") == "perplexity"}
-        missing = [label for label in keys.values() if label not in found]
+        labels = [DENSE_LABEL, variant.label]
+        rows = latest_frame(self.table, model=self.model_name, protocol=self.protocol, labels=labels,
+                            tasks=["wikitext2"])
+        found = {} if rows.empty else {label: float(value) for label, value, metric
+                                       in zip(rows.label, rows.value, rows.metric) if metric == "perplexity"}
+        missing = [label for label in labels if label not in found]
         if missing:
             raise ValueError(f"no WikiText-2 perplexity of {missing} is recorded in {self.table.path}; working_only "
                              "reads it before a task: run the perplexity measurement (and the dense point) first.")

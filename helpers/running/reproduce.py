@@ -215,11 +215,16 @@ def find_notebooks(folder: Path, only: list[str] | None = None) -> list[Path]:
     return found
 
 
+def _source(cell: dict) -> str:
+    """A notebook cell's source as one string (nbformat stores a list of lines or a string)."""
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
 def _code_cells(notebook: Path) -> list[dict]:
     """The notebook's code cells as plain dicts (source joined), read as JSON: no jupyter package needed."""
     cells = json.loads(Path(notebook).read_text(encoding="utf-8"))["cells"]
-    return [{"source": "".join(c["source"]) if isinstance(c["source"], list) else c["source"],
-             "tags": c.get("metadata", {}).get("tags", [])} for c in cells if c["cell_type"] == "code"]
+    return [{"source": _source(c), "tags": c.get("metadata", {}).get("tags", [])}
+            for c in cells if c["cell_type"] == "code"]
 
 
 def notebook_defaults(notebook: Path) -> dict:
@@ -378,11 +383,10 @@ def carry_prose(executed: Path, previous: Path) -> int:
     number of cells rewritten."""
     nb = json.loads(Path(executed).read_text(encoding="utf-8"))
     old = json.loads(Path(previous).read_text(encoding="utf-8"))["cells"] if Path(previous).is_file() else []
-    source = lambda cell: "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]  # noqa: E731
-    kept = [source(c) for c in old if c["cell_type"] == "markdown" and source(c).startswith(PROSE_HEADING)]
+    kept = [_source(c) for c in old if c["cell_type"] == "markdown" and _source(c).startswith(PROSE_HEADING)]
     rewritten = 0
     for cell in nb["cells"]:
-        if cell["cell_type"] == "markdown" and source(cell).startswith(PROSE_HEADING):
+        if cell["cell_type"] == "markdown" and _source(cell).startswith(PROSE_HEADING):
             text = kept[rewritten] if rewritten < len(kept) else PROSE_PENDING
             cell["source"] = text.splitlines(keepends=True)
             rewritten += 1
