@@ -174,12 +174,18 @@ PROFILES: dict[str, dict[str, dict]] = {
                              {"method": "rtn", "bits": 3, "group_size": None, "blocks": "sliding_attention"}],
                  "calibration_samples": 4, "calibration_seq_len": 64, "simulation_positions": 128},
         "cpu": {},
-        # Gemma-3-270M at 16K tokens, the mechanism test (LC5): 4-bit weights and the 3-bit KV cache of its 3 global
-        # vs its 15 sliding-window (512-token) blocks, 8 windows of 16,384 tokens (measured: dense pass 220 s and one
-        # compressed pass + KL 290 s per window on 2 cores, float32: about 3.1 h, resumable; peak RSS 3.3 GiB)
+        # Gemma-3-270M at 16K tokens, 8 windows of 16,384 tokens: the mechanism test (LC8: 4-bit weights and the 3-bit
+        # KV cache of its 3 global vs its 15 sliding-window (512-token) blocks) and LC1-LC4 on a second model: 4-bit
+        # g128 on every block, Wanda 30% (Gemma-3's damage-matched point for Wanda 50% on LLaMA-2-7B: 25% is 1.08x
+        # dense perplexity on 512-token windows) and random 1% (LC4 where the model works). Measured: dense pass
+        # 220 s and one compressed pass + KL 290 s per window on 2 cores, float32, peak RSS 3.5 GiB: 7 variants x 8
+        # windows ~4.5 h + the dense pass 0.5 h, resumable across sessions (rows are written per variant). No
+        # 3-bit weights: RTN 3-bit g128 is 5.8x dense perplexity on SmolLM2 (notebook 02), collapsed.
         "long": {"model": "gemma3-270m", "max_context": 16384, "n_windows": 8, "smallest_context": 64,
                  "methods": [{"method": "rtn", "bits": 4, "group_size": 128, "blocks": "full_attention"},
-                             {"method": "rtn", "bits": 4, "group_size": 128, "blocks": "sliding_attention"}],
+                             {"method": "rtn", "bits": 4, "group_size": 128, "blocks": "sliding_attention"},
+                             {"method": "rtn", "bits": 4, "group_size": 128}, {"method": "wanda", "sparsity": 0.3},
+                             {"method": "random", "sparsity": 0.01}],
                  "activation_methods": [{"kv_bits": 3, "blocks": "full_attention"},
                                         {"kv_bits": 3, "blocks": "sliding_attention"}],
                  "run_name": "gemma3-16k", "results_path": "../results/01_context_length_kl_gemma3_16k.jsonl"},
