@@ -550,6 +550,16 @@ def test_ki2_ki4_ki8_compare_task_scores():
     assert several.verdict == R and "1 of 1 testable" in several.why
     unmatched = decide("KI4", task_frame({"gptq 4-bit": (1.0, quant), "wanda": (0.6, {**pruned, "storage_bits": 8})}))
     assert unmatched.verdict == U and "storage differs" in unmatched.why
+    # damage-matched: paired at equal perplexity instead of equal storage, whatever the storage
+    equal_damage = {"gptq 4-bit": (1.0, {**quant, "ppl_ratio": 1.3}),
+                    "wanda 30%": (0.6, {**pruned, "storage_bits": 16, "ppl_ratio": 1.25})}
+    assert decide("KI4", task_frame(equal_damage), "damage-matched").verdict == R
+    assert decide("KI4", task_frame(equal_damage), "nominal").verdict == U  # 4.2 vs 16 bits: no pair
+    swapped = {"gptq 4-bit": (0.6, equal_damage["gptq 4-bit"][1]), "wanda 30%": (1.0, equal_damage["wanda 30%"][1])}
+    assert decide("KI4", task_frame(swapped), "damage-matched").verdict == NR
+    apart = {**equal_damage, "wanda 30%": (0.6, {**pruned, "ppl_ratio": 2.0})}
+    far = decide("KI4", task_frame(apart), "damage-matched")
+    assert far.verdict == U and "perplexity ratio differs" in far.why
     assert decide("KI8", task_frame({"wanda 30%": (0.5, PRUNED_30)}, task_kind="factual")).verdict == R
     assert decide("KI8", task_frame({"wanda 30%": (0.6, PRUNED_30)}, task_kind="knowledge")).verdict == U  # no rows
 

@@ -40,6 +40,7 @@ SCHEDULE_EFFECT = math.log(1.05) # "beats": 5% lower perplexity, as a mean per-w
 PERPLEXITY_MATCH = 1.1           # two points "at matched perplexity" (KI7): ratios within 1.1x of each other
 STORAGE_MATCH = 1.1              # "equal storage" (KI4): bits per weight within 1.1x of each other
 WORKING_STAND_IN = "a working model (the paper's ratio is unpublished)"  # LC4's damage-matched regime
+EQUAL_PERPLEXITY = "equal perplexity (ratios within 1.1x)"  # KI4's damage-matched regime: no published ratio needed
 KI3_NO_DROP = 0.03               # KI3: a relative drop within +-3% is "no drop"
 
 # Published WikiText-2 perplexity ratios to the same paper's dense model (shared/docs/reference-protocols.md),
@@ -650,26 +651,30 @@ def decide_ki3(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
 
 def decide_ki4(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
     """KI4, quantization beats pruning at equal storage. Frame "task_scores" (as KI1) plus family and
-    storage_bits (bits per weight, helpers.compression.storage). Each quantized label against every pruned
-    label within STORAGE_MATCH of its storage (several pruned variants share one storage: unstructured and
-    N:M at 50%, each method; a collapsed one is left out by the working rule, not by the pairing); per
-    task the per-example score difference quantized - pruned above TASK_EFFECT."""
+    storage_bits (bits per weight, helpers.compression.storage). Nominal (the paper's pairing): each
+    quantized label against every pruned label within STORAGE_MATCH of its storage (several pruned variants
+    share one storage: unstructured and N:M at 50%, each method; a collapsed one is left out by the working
+    rule, not by the pairing). Damage-matched: each quantized label against every pruned label within
+    PERPLEXITY_MATCH of its perplexity ratio (equal damage rather than equal size). Per pair and task the
+    per-example score difference quantized - pruned above TASK_EFFECT."""
     _require(frame, (*TASK_COLUMNS, "family", "storage_bits"), claim)
-    storage = {f: frame[frame["family"] == f].groupby("label")["storage_bits"].median().to_dict()
+    column, factor, what = (("storage_bits", STORAGE_MATCH, "storage") if regime == "nominal"
+                            else ("ppl_ratio", PERPLEXITY_MATCH, "perplexity ratio"))
+    measure = {f: frame[frame["family"] == f].groupby("label")[column].median().to_dict()
                for f in ("quantization", "pruning")}
     pairs, skipped = [], []
-    for label, bits in storage["quantization"].items():
-        if not storage["pruning"]:
-            skipped.append(_skipped(str(label), "no pruned variant"))
+    for label, value in measure["quantization"].items():
+        if not measure["pruning"] or not value > 0:
+            skipped.append(_skipped(str(label), "no pruned variant" if not measure["pruning"] else f"no {what}"))
             continue
-        matched = [p for p, b in storage["pruning"].items() if rules.within_factor(b, bits, STORAGE_MATCH)]
+        matched = [p for p, v in measure["pruning"].items() if rules.within_factor(v, value, factor)]
         pairs += [(label, p) for p in matched]
         if not matched:
-            other = rules.nearest_setting(storage["pruning"], bits, STORAGE_MATCH)[0]
-            skipped.append(_skipped(f"{label} vs {other}", f"storage differs by more than {STORAGE_MATCH}x "
-                                    f"({bits:.3g} vs {storage['pruning'][other]:.3g} bits per weight)"))
+            other = rules.nearest_setting(measure["pruning"], value, factor)[0]
+            skipped.append(_skipped(f"{label} vs {other}", f"{what} differs by more than {factor}x "
+                                    f"({value:.3g} vs {measure['pruning'][other]:.3g})"))
     return _decide(claim, _paired_task_points(claim, frame, pairs, side="greater") + skipped, frame, regime,
-                   "quantized and pruned variants")
+                   f"quantized and pruned variants at equal {what}")
 
 
 def decide_ki5(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
@@ -927,8 +932,9 @@ def _claims() -> dict[str, Claim]:
               "GPTQ 8-bit g128, Vicuna-7B", "equivalence", (0.05, 0.13), claimed_effect=0.09,
               aggregation="majority", variants_needed=("dense", "8-bit quantized"), **task),
         Claim("KI4", ki, "quantization beats pruning at equal storage", "GPTQ vs pruning at equal model size",
-              "superiority", None, claimed_effect=TASK_EFFECT,
-              variants_needed=("quantized and pruned variants of matching bits per weight",), **task),
+              "superiority", None, claimed_effect=TASK_EFFECT, damage_reference=EQUAL_PERPLEXITY,
+              variants_needed=("quantized and pruned variants of matching bits per weight (or perplexity)",),
+              **task),
         Claim("KI5", ki, "in-context retrieval and summarization survive 50% sparsity",
               "Vicuna-7B, 50% unstructured", "equivalence", (0.9, float("inf")), claimed_effect=None,
               damage_reference="LLaMA-2-7B (4096)",
