@@ -222,9 +222,19 @@ def test_from_committed_seeds_the_committed_run_and_skips_notebooks_without_one(
                    parameters='profile = "cpu"\nresults_path = "../results/other.jsonl"')
     frozen = ResultsTable(tmp_path / "made.jsonl")
     frozen.append(model="m", method="x", metric="kl", value=1.0, key="k", attempt="a")
-    frozen.freeze(rp.committed_rows(source / "01_kept.ipynb", {}, repo))
+    rows = rp.committed_rows(source / "01_kept.ipynb", {}, repo)
+    frozen.freeze(rows)
     lines = []
+    # rows but no verdict frames: a run still in progress, skipped unless resumed
     outcomes = rp.reproduce("tiny", notebooks_dir=source, output_dir=tmp_path / "out", repo_root=repo, kernel=False,
+                            from_committed=True, log=lines.append)
+    assert [o.status for o in outcomes] == ["skipped", "skipped"] and "still in progress" in "\n".join(lines)
+    resumed = rp.reproduce("tiny", notebooks_dir=source, output_dir=tmp_path / "out", repo_root=repo, kernel=False,
+                           from_committed=True, resume=True, log=lines.append)
+    assert [o.status for o in resumed] == ["ran", "skipped"]
+    (rows.parent / "context_growth.csv").write_text("label,window\nx,0\n")  # the finished run's verdict frame
+    lines = []
+    outcomes = rp.reproduce("tiny", notebooks_dir=source, output_dir=tmp_path / "out2", repo_root=repo, kernel=False,
                             from_committed=True, log=lines.append)
     assert [(o.notebook, o.status) for o in outcomes] == [("01_kept", "ran"), ("02_other", "skipped")]
     assert "rows 1" in capsys.readouterr().out and "1 rows seeded from 01_verdicts" in "\n".join(lines)

@@ -293,6 +293,14 @@ def committed_rows(notebook: Path, parameters: dict, repo_root: Path = REPO_ROOT
     return Path(repo_root) / "results" / "committed" / name / "rows.jsonl.gz"
 
 
+def in_progress(frozen: Path) -> bool:
+    """Whether a committed run (its frozen rows.jsonl.gz) is a checkpoint of a run still measuring: rows,
+    but none of the verdict frames its notebook writes beside them when it finishes (claims.board)."""
+    from ..claims.board import read_committed
+
+    return not read_committed(Path(frozen).parent)
+
+
 def seed_results(notebook: Path, parameters: dict, cwd: Path, frozen: list[Path], *, log=print) -> None:
     """Append the rows of each frozen run (`ResultsTable.freeze`) to the notebook's results table (its
     `results_path` as run from `cwd`), skipping rows it already holds."""
@@ -453,12 +461,14 @@ def reproduce(profile: str, *, only: list[str] | None = None, redo: bool = False
               output_dir: Path | None = None, inplace: bool = False,
               notebooks_dir: Path | None = None, repo_root: Path = REPO_ROOT,
               overrides: dict | None = None, kernel: bool = True, from_committed: bool = False,
-              log=print, stream=None) -> list[Outcome]:
+              resume: bool = False, log=print, stream=None) -> list[Outcome]:
     """Run the notebooks of `notebooks_dir` in `profile`; one failure does not stop the others.
 
     from_committed: re-execute only the notebooks that have committed runs (results/committed/NN_verdicts*/
     rows.jsonl.gz), each after seeding its results table with those rows, so nothing is measured again
-    (`make figures`); the others are skipped with a note.
+    (`make figures`); the others are skipped with a note, as is a run in progress (`in_progress`: its rows
+    are committed so a fresh checkout can go on with it, its verdicts not yet) unless `resume`, which
+    re-executes it and so measures what it still lacks.
 
     overrides: parameters set on top of the profile's (e.g. {"device": "cuda"}), for every notebook that
     declares them. kernel=False runs the code cells in this process (`execute_in_process`): no executed
@@ -497,6 +507,11 @@ def reproduce(profile: str, *, only: list[str] | None = None, redo: bool = False
             if not frozen.is_file():
                 outcomes.append(Outcome(notebook.stem, "skipped", output=output, parameters=parameters))
                 log(f"{prefix}: no committed run of this profile ({_relative(frozen, repo_root)}), skipped")
+                continue
+            if in_progress(frozen) and not resume:
+                outcomes.append(Outcome(notebook.stem, "skipped", output=output, parameters=parameters))
+                log(f"{prefix}: the committed run in {_relative(frozen.parent, repo_root)} is still in progress (rows, "
+                    "no verdict frames yet), skipped; --resume goes on with it (measuring what it lacks)")
                 continue
             seed_results(notebook, parameters, cwd, [frozen], log=lambda text: log(f"{prefix}: {text}"))
         elif kernel and not redo and is_up_to_date(notebook, output, parameters, cwd):
@@ -604,6 +619,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--from-committed", action="store_true",
                         help="re-execute only the notebooks with committed runs (results/committed/), over their "
                              "committed rows: every figure and verdict regenerated, nothing measured (make figures)")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --from-committed: also go on with committed runs still in progress (rows "
+                             "committed, no verdict frames yet), measuring what they lack")
     parser.add_argument("--no-kernel", action="store_true",
                         help="run the code cells in this process (no Jupyter needed, no executed copy written; "
                              "for a machine with torch alone)")
@@ -631,7 +649,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         outcomes = reproduce(args.profile, only=args.only, redo=args.redo, output_dir=args.output_dir,
                              inplace=args.inplace, overrides=parse_overrides(args.overrides),
-                             kernel=not args.no_kernel, from_committed=args.from_committed, stream=sys.stdout)
+                             kernel=not args.no_kernel, from_committed=args.from_committed,
+                             resume=args.resume, stream=sys.stdout)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
