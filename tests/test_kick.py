@@ -126,6 +126,15 @@ def test_sweep_records_every_task_beside_perplexity_and_skips_recorded_points(tm
     assert written == 3 * 2 * 2 and seed_records(tmp_path / "frozen", tmp_path / "again") == written
     assert seed_records(tmp_path / "frozen", tmp_path / "again") == 0
     assert not any("prompt" in json.loads(line) for line in (tmp_path / "again" / "kv.jsonl").read_text().splitlines())
+    # the example's fields are frozen once, in the dense record, and restored on seeding
+    from helpers.results import read_gzip_lines
+    frozen_kv = list(read_gzip_lines(tmp_path / "frozen" / "kv.jsonl.gz"))
+    assert all("gold" in r for r in frozen_kv if r["label"] == "dense")
+    assert not any("gold" in r for r in frozen_kv if r["label"] != "dense")
+    original = {(r["label"], r["index"]): r["gold"] for r in map(json.loads, (tmp_path / "records" / "kv.jsonl")
+                                                                 .read_text().splitlines())}
+    assert all(original[r["label"], r["index"]] == r["gold"] for r in map(json.loads, (tmp_path / "again" / "kv.jsonl")
+                                                                          .read_text().splitlines()))
     rebuilt = evidence_table(frame, tasks, tmp_path / "again").set_index(["label", "task", "scoring"])
     assert rebuilt[["score", "n"]].equals(evidence[["score", "n"]])
 
