@@ -241,6 +241,46 @@ def test_from_committed_seeds_the_committed_run_and_skips_notebooks_without_one(
     assert rp.committed_rows(source / "01_kept.ipynb", {"run_name": "gemma3"}, repo).parent.name == "01_verdicts_gemma3"
 
 
+def test_checkpoint_freezes_a_run_in_progress_that_a_fresh_checkout_resumes(tmp_path):
+    import json
+
+    from helpers.experiments.kick import seed_records
+    from helpers.results import ResultsTable, read_gzip_lines
+
+    repo = tmp_path / "repo"
+    source = repo / "notebooks"
+    write_notebook(source / "03_task.ipynb", "print(1)", parameters=(
+        'profile = "cpu"\nrun_name = ""\nresults_path = "../results/t.jsonl"\nrecords_dir = "../results/t_records"'))
+    notebook = source / "03_task.ipynb"
+    with pytest.raises(ValueError, match="no results table"):
+        rp.checkpoint(notebook, {}, source, repo)
+    table = ResultsTable(repo / "results" / "t.jsonl")
+    for label, attempt in (("dense", "a1"), ("wanda 30%", "a2")):
+        table.append(model="m", method=label, label=label, metric="score", task="qa", value=0.5, key=label,
+                     attempt=attempt)
+    records = repo / "results" / "t_records" / "qa.jsonl"
+    records.parent.mkdir(parents=True)
+    lines = [{"label": "dense", "attempt": "a1", "index": 0, "question": "q?", "gold": ["x"], "prompt": "P q?"},
+             {"label": "wanda 30%", "attempt": "a2", "index": 0, "question": "q?", "gold": ["x"], "prompt": "P q?"},
+             {"label": "sparsegpt 30%", "attempt": "a3", "index": 0, "question": "q?", "gold": ["x"]}]  # no score row yet
+    records.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    folder = rp.checkpoint(notebook, {}, source, repo, log=lambda text: None)
+    assert folder == repo / "results" / "committed" / "03_verdicts" and rp.in_progress(folder / "rows.jsonl.gz")
+    assert [r["label"] for r in read_gzip_lines(folder / "rows.jsonl.gz")] == ["dense", "wanda 30%"]
+    frozen = list(read_gzip_lines(folder / "records" / "qa.jsonl.gz"))
+    assert [r["label"] for r in frozen] == ["dense", "wanda 30%"]              # only answers behind a score row
+    assert "prompt" not in frozen[0] and "question" not in frozen[1]           # lean: the example once
+    fresh = tmp_path / "fresh" / "t_records"
+    assert seed_records(folder / "records", fresh) == 2
+    restored = [json.loads(line) for line in (fresh / "qa.jsonl").read_text().splitlines()]
+    assert [r["question"] for r in restored] == ["q?", "q?"]
+    assert rp.checkpoint_runs("cpu", only=["03"], inplace=True, notebooks_dir=source, repo_root=repo,
+                              log=lambda text: None) == [folder]
+    (folder / "task_scores.csv").write_text("label\nx\n")                   # the finished run's verdict frame
+    with pytest.raises(ValueError, match="finished run"):
+        rp.checkpoint(notebook, {}, source, repo)
+
+
 def test_a_second_runs_prose_is_its_own_and_survives_a_re_run(tmp_path):
     def notebook(path, prose):
         nb = new_notebook(metadata=METADATA, cells=[new_markdown_cell("# title"), new_code_cell("x = 1"),

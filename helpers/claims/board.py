@@ -101,19 +101,26 @@ def record_verdicts(frames: Mapping[str, "object"], claims: Sequence[str], name:
     return table
 
 
+FRAME_SUFFIXES = (".csv.gz", ".csv", ".jsonl")
+
+
+def committed_frame_paths(folder: str | Path) -> dict[str, Path]:
+    """The files of one committed run's frames (<folder>/<frame>.csv.gz, or .csv / .jsonl) by frame name,
+    without reading them."""
+    folder, paths = Path(folder), {}
+    for name in sorted({claim.frame for claim in CLAIMS.values()}):
+        found = [folder / f"{name}{suffix}" for suffix in FRAME_SUFFIXES if (folder / f"{name}{suffix}").is_file()]
+        if found:
+            paths[name] = found[0]
+    return paths
+
+
 def read_committed(folder: str | Path) -> dict:
-    """The frames of one committed run (<folder>/<frame>.csv.gz, or .csv / .jsonl) by frame name."""
+    """The frames of one committed run (`committed_frame_paths`) by frame name."""
     import pandas as pd
 
-    folder, frames = Path(folder), {}
-    for name in sorted({claim.frame for claim in CLAIMS.values()}):
-        for suffix, read in ((".csv.gz", pd.read_csv), (".csv", pd.read_csv),
-                             (".jsonl", lambda p: pd.read_json(p, lines=True))):
-            path = folder / f"{name}{suffix}"
-            if path.is_file():
-                frames[name] = read(path)
-                break
-    return frames
+    return {name: pd.read_json(path, lines=True) if path.suffix == ".jsonl" else pd.read_csv(path)
+            for name, path in committed_frame_paths(folder).items()}
 
 
 def _comparable(table):

@@ -664,8 +664,11 @@ def decide_ki4(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
                for f in ("quantization", "pruning")}
     pairs, skipped = [], []
     for label, value in measure["quantization"].items():
-        if not measure["pruning"] or not value > 0:
-            skipped.append(_skipped(str(label), "no pruned variant" if not measure["pruning"] else f"no {what}"))
+        if not measure["pruning"]:
+            skipped.append(_skipped(str(label), "no pruned variant"))
+            continue
+        if not value > 0:  # nan or missing
+            skipped.append(_skipped(str(label), f"no {what}"))
             continue
         matched = [p for p, v in measure["pruning"].items() if rules.within_factor(v, value, factor)]
         pairs += [(label, p) for p in matched]

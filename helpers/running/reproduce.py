@@ -296,9 +296,9 @@ def committed_rows(notebook: Path, parameters: dict, repo_root: Path = REPO_ROOT
 def in_progress(frozen: Path) -> bool:
     """Whether a committed run (its frozen rows.jsonl.gz) is a checkpoint of a run still measuring: rows,
     but none of the verdict frames its notebook writes beside them when it finishes (claims.board)."""
-    from ..claims.board import read_committed
+    from ..claims.board import committed_frame_paths
 
-    return not read_committed(Path(frozen).parent)
+    return not committed_frame_paths(Path(frozen).parent)
 
 
 def seed_results(notebook: Path, parameters: dict, cwd: Path, frozen: list[Path], *, log=print) -> None:
@@ -317,6 +317,52 @@ def seed_results(notebook: Path, parameters: dict, cwd: Path, frozen: list[Path]
             from ..experiments.kick import seed_records
 
             log(f"{seed_records(path.parent / 'records', cwd / records)} task records seeded from {path.parent.name}")
+
+
+def checkpoint(notebook: Path, parameters: dict, cwd: Path, repo_root: Path = REPO_ROOT, *, log=print) -> Path:
+    """Freeze what a run still measuring holds so far (its results table as run from `cwd`, and a task
+    notebook's records behind its score rows) where its committed run lives (`committed_rows`): a checkpoint
+    that a fresh checkout goes on with (`reproduce(from_committed=True, resume=True)`); the inverse of
+    `seed_results`. Refuses to replace a finished committed run (one with verdict frames). Returns the folder."""
+    from ..results import ResultsTable
+
+    defaults = notebook_defaults(notebook)
+    results = parameters.get("results_path", defaults.get("results_path"))
+    table = Path(cwd) / results if results else None
+    if table is None or not table.is_file():
+        raise ValueError(f"{notebook.name}: no results table to checkpoint ({table or 'no results_path declared'}); "
+                         "run it first (reproduce --profile ... --only ...).")
+    frozen = committed_rows(notebook, parameters, repo_root)
+    if frozen.is_file() and not in_progress(frozen):
+        raise ValueError(f"{_relative(frozen.parent, repo_root)} holds a finished run (its verdict frames); a "
+                         "checkpoint would replace its rows. Re-execute the notebook to commit a new finished run.")
+    rows = ResultsTable(table)
+    log(f"{notebook.stem}: {rows.freeze(frozen)} rows frozen in {_relative(frozen, repo_root)}")
+    records = parameters.get("records_dir", defaults.get("records_dir"))
+    if records and (Path(cwd) / records).is_dir():  # a task notebook's answers (experiments.kick)
+        from ..experiments.core import latest_frame
+        from ..experiments.kick import freeze_records
+
+        count = freeze_records(latest_frame(rows), Path(cwd) / records, frozen.parent / "records")
+        log(f"{notebook.stem}: {count} task records frozen in {_relative(frozen.parent / 'records', repo_root)}")
+    return frozen.parent
+
+
+def checkpoint_runs(profile: str, *, only: list[str] | None = None, output_dir: Path | None = None,
+                    inplace: bool = False, notebooks_dir: Path | None = None, repo_root: Path = REPO_ROOT,
+                    overrides: dict | None = None, log=print) -> list[Path]:
+    """`checkpoint` each selected notebook of `profile` that has a results table, where `reproduce` with the
+    same arguments runs it (the repository with `inplace`, else `output_dir`); returns the folders written
+    (commit them: `git add results/committed/<folder>`)."""
+    repo_root = Path(repo_root).resolve()
+    run_root = repo_root if inplace else Path(output_dir or repo_root / "build" / profile).resolve()
+    folders = []
+    for notebook in find_notebooks(Path(notebooks_dir or repo_root / "notebooks").resolve(), only):
+        if profile == "long" and "long" not in PROFILES.get(notebook.stem, {}):
+            continue
+        parameters = profile_parameters(notebook, profile, overrides)
+        folders.append(checkpoint(notebook, parameters, run_root / "notebooks", repo_root, log=log))
+    return folders
 
 
 def is_up_to_date(notebook: Path, output: Path, parameters: dict, cwd: Path) -> bool:
@@ -622,6 +668,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="with --from-committed: also go on with committed runs still in progress (rows "
                              "committed, no verdict frames yet), measuring what they lack")
+    parser.add_argument("--checkpoint", action="store_true",
+                        help="measure nothing: freeze the rows (and task records) the selected runs hold so far "
+                             "under results/committed/, for a fresh checkout to go on with (--from-committed "
+                             "--resume); then commit that folder")
     parser.add_argument("--no-kernel", action="store_true",
                         help="run the code cells in this process (no Jupyter needed, no executed copy written; "
                              "for a machine with torch alone)")
@@ -647,6 +697,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars are noise in executed notebooks
     try:
+        if args.checkpoint:
+            folders = checkpoint_runs(args.profile, only=args.only, output_dir=args.output_dir, inplace=args.inplace,
+                                      overrides=parse_overrides(args.overrides))
+            print("commit with: git add " + " ".join(_relative(f, REPO_ROOT) for f in folders) if folders
+                  else "nothing to checkpoint: no selected notebook of this profile")
+            return 0
         outcomes = reproduce(args.profile, only=args.only, redo=args.redo, output_dir=args.output_dir,
                              inplace=args.inplace, overrides=parse_overrides(args.overrides),
                              kernel=not args.no_kernel, from_committed=args.from_committed,
