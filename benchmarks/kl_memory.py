@@ -34,6 +34,9 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--context", type=int, default=8192, help="tokens in the one evaluation window")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--compare-sdpa", action="store_true",
+                        help="also time the compressed forward with sdpa over the whole masked square (a model with "
+                             "sliding-window blocks runs them block by block: helpers.models.SLIDING_BLOCKS)")
     parser.add_argument("--output", default="results/benchmarks/kl_memory.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -49,7 +52,16 @@ def main() -> None:
     start = time.perf_counter()
     with torch.no_grad():
         hidden = final_hidden(model, windows)[0]
-    rows.append(("compressed forward (final hidden states)", time.perf_counter() - start, peak_mib()))
+    rows.append((f"compressed forward (final hidden states; attention {model.config._attn_implementation})",
+                 time.perf_counter() - start, peak_mib()))
+    if args.compare_sdpa and model.config._attn_implementation != "sdpa":
+        model.set_attn_implementation("sdpa")
+        start = time.perf_counter()
+        with torch.no_grad():
+            whole = final_hidden(model, windows)[0]
+        rows.append(("compressed forward, sdpa over the whole masked square", time.perf_counter() - start, peak_mib()))
+        print(f"sliding blocks vs sdpa: max |difference| of the final hidden states {(whole - hidden).abs().max():.2e} "
+              f"(largest value {hidden.abs().max():.1f})")
     start = time.perf_counter()
     nll, kl = nll_and_kl(model, reference.hidden[0], hidden, windows[0])
     rows.append(("chunked head, NLL and KL (dense and compressed log-probabilities)", time.perf_counter() - start,

@@ -232,6 +232,54 @@ def _load_tiny(family: str, dtype: torch.dtype, seed: int = 0, **config_override
     return model.to(dtype), ByteTokenizer(config.vocab_size)
 
 
+# --------------------------------------------------------------------------- sliding-window attention
+# Gemma-3's sliding-window blocks read the last `sliding_window` (512) tokens, but sdpa over a long window computes
+# the whole masked [tokens, tokens] square: at 16,384 tokens its 15 sliding blocks cost ~100 s of a 146 s forward
+# on 2 cores. SLIDING_BLOCKS computes them one block of queries at a time against the keys their window reaches:
+# 46 s (random weights of its shapes; benchmarks/kl_memory.py --compare-sdpa times the real model), the same numbers
+# up to float rounding. Every other case is sdpa unchanged.
+SLIDING_BLOCKS = "sdpa_sliding_blocks"
+
+
+def sliding_blocks_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                             sliding_window: int | None = None, **kwargs):
+    """sdpa (transformers' attention interface: query/key/value [batch, heads, tokens, head_dim]) for a sliding-
+    window block over more tokens than its window: queries [s, s + w) against keys [s - w + 1, s + w), with that
+    block of the given mask (every key outside it is masked for those queries), so the cost is linear in length.
+    Full-attention blocks, sequences within one window, decoding with a cache and unmasked calls go to sdpa."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    tokens = key.shape[2]
+    blockwise = (sliding_window and tokens > sliding_window and query.shape[2] == tokens
+                 and attention_mask is not None and tuple(attention_mask.shape[-2:]) == (tokens, tokens))
+    if not blockwise:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      sliding_window=sliding_window, **kwargs)
+    outputs = []
+    for start in range(0, tokens, sliding_window):
+        stop, first = min(start + sliding_window, tokens), max(0, start - sliding_window + 1)
+        out, _ = sdpa_attention_forward(module, query[:, :, start:stop], key[:, :, first:stop],
+                                        value[:, :, first:stop], attention_mask[..., start:stop, first:stop],
+                                        dropout=dropout, scaling=scaling, sliding_window=sliding_window, **kwargs)
+        outputs.append(out)  # [batch, queries, heads, head_dim]
+    return torch.cat(outputs, dim=1), None
+
+
+def use_sliding_blocks(model: nn.Module) -> bool:
+    """Switch a model with sliding-window blocks that runs sdpa to SLIDING_BLOCKS; returns whether it did."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    config = getattr(model, "config", None)
+    if (getattr(config, "_attn_implementation", None) != "sdpa"
+            or "sliding_attention" not in (getattr(config, "layer_types", None) or ())):
+        return False
+    AttentionInterface.register(SLIDING_BLOCKS, sliding_blocks_attention)
+    AttentionMaskInterface.register(SLIDING_BLOCKS, sdpa_mask)  # the masks sdpa gets
+    model.set_attn_implementation(SLIDING_BLOCKS)
+    return True
+
+
 # --------------------------------------------------------------------------- public loader
 @dataclass(frozen=True)
 class ModelInfo:
@@ -258,6 +306,7 @@ def load_model(name: str = "smollm2-135m", *, dtype: str | torch.dtype = "float3
         model, tokenizer = _load_hub(name, torch_dtype)
         source = f"hub id or local folder {name}"
     model.to(target).eval()
+    use_sliding_blocks(model)
     model.info = ModelInfo(name=name, source=source, dtype=str(torch_dtype).removeprefix("torch."),
                            device=str(target), parameters=sum(p.numel() for p in model.parameters()))
     return model, tokenizer

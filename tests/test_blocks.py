@@ -101,3 +101,29 @@ def test_spec_blocks_label_and_refusals():
         parse_variant({"method": "sparsegpt", "sparsity": 0.5, "schedule": "owl", "blocks": "full_attention"})
     with pytest.raises(ValueError, match="activation quantization covers every block"):
         parse_variant({"method": "rtn", "bits": 4, "activation_bits": 8, "blocks": "full_attention"})
+
+
+def test_sliding_blocks_attention_agrees_with_sdpa_over_the_whole_masked_square(gemma):
+    from helpers.models import SLIDING_BLOCKS
+
+    assert gemma.config._attn_implementation == SLIDING_BLOCKS          # load_model switched it (window 16)
+    assert load_model("tiny-llama", layers=2)[0].config._attn_implementation == "sdpa"  # no sliding blocks
+    generator = torch.Generator().manual_seed(0)
+    long, short = (torch.randint(0, 256, (2, n), generator=generator) for n in (83, 16))
+    with torch.no_grad():
+        blocks = {n: gemma(ids).logits for n, ids in (("long", long), ("short", short))}
+        gemma.set_attn_implementation("sdpa")
+        whole = {n: gemma(ids).logits for n, ids in (("long", long), ("short", short))}
+        eager_window = gemma(long[:, :16]).logits                       # the first window: no earlier keys
+        gemma.set_attn_implementation("eager")
+        eager = gemma(long).logits
+    torch.testing.assert_close(blocks["long"], whole["long"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(blocks["long"], eager, rtol=1e-4, atol=1e-4)
+    assert torch.equal(blocks["short"], whole["short"])                 # within one window: sdpa itself
+    torch.testing.assert_close(blocks["long"][:, :16], eager_window, rtol=1e-5, atol=1e-5)
+    # decoding with a cache goes to sdpa and gives the same next token logits as the whole sequence
+    gemma.set_attn_implementation(SLIDING_BLOCKS)
+    with torch.no_grad():
+        prefix = gemma(long[:, :-1], use_cache=True)
+        step = gemma(long[:, -1:], cache=prefix.past_key_values, use_cache=True).logits
+    torch.testing.assert_close(step[:, -1], blocks["long"][:, -1], rtol=1e-4, atol=1e-4)
