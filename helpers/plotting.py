@@ -110,13 +110,15 @@ def figure_title(fig, text: str, *, chars_per_inch: float = 15.0) -> None:
 
 def ratio_axis(ax, axis: str = "x") -> None:
     """An axis of ratios (`axis` "x" or "y"), called after plotting: a log axis with plain tick labels (0.5, 1, 2)
-    when the data span a factor of 4 or more, else a linear axis (a log axis over 0.9-1.2 would show one tick)."""
+    when the data span a factor of 4 or more, else a linear axis (a log axis over 0.9-1.2 would show one tick).
+    The span is the data's, not the axis limits' (a linear axis's margin can reach below 0 from a ratio of 1)."""
     from matplotlib.ticker import FuncFormatter, LogLocator
 
     if axis not in ("x", "y"):
         raise ValueError(f"axis={axis!r}; expected 'x' or 'y'.")
-    low, high = ax.get_xlim() if axis == "x" else ax.get_ylim()
-    if low <= 0 or high / low < 4:
+    data = ax.dataLim
+    low, high = (data.x0, data.x1) if axis == "x" else (data.y0, data.y1)
+    if not low > 0 or high / low < 4:
         return
     scale, target = (ax.set_xscale, ax.xaxis) if axis == "x" else (ax.set_yscale, ax.yaxis)
     scale("log")

@@ -386,6 +386,7 @@ def test_ki3_says_which_drop_it_sees():
     frame = task_frame({"rtn 8-bit": (1.0, eight_bit)}, n=400, dense_accuracy=0.8)
     no_drop = decide("KI3", frame)
     assert no_drop.verdict == NR and "no drop, equivalence shown" in no_drop.why
+    assert "outside the paper's band [0.05, 0.13]" in no_drop.why  # the margin named for what it is
     # a 9% relative drop on every example pattern: drop exactly the same answers in each of 400 examples
     rows = frame.copy()
     correct = rows.index[rows["dense_score"] == 1]

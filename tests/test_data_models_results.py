@@ -182,6 +182,23 @@ def test_figure_title_wraps_a_long_caption_to_the_figure_and_keeps_given_lines()
     plt.close(fig)
 
 
+def test_ratio_axis_goes_log_on_the_data_span_not_the_axis_margin():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from helpers.plotting import ratio_axis
+
+    fig, (wide, narrow) = plt.subplots(1, 2)
+    wide.plot([0, 0.25, 0.5], [1.0, 2.8, 216.0])        # a linear axis's margin reaches below 0 here
+    narrow.plot([0, 0.5], [1.0, 1.2])
+    ratio_axis(wide, axis="y")
+    ratio_axis(narrow, axis="y")
+    assert wide.get_yscale() == "log" and narrow.get_yscale() == "linear"
+    with pytest.raises(ValueError, match="axis='z'"):
+        ratio_axis(wide, axis="z")
+    plt.close(fig)
+
+
 def test_committed_gzip_files_are_the_same_bytes_when_written_again(tmp_path, monkeypatch):
     import time
     from helpers.results import read_gzip_lines, write_gzip_lines

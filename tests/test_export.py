@@ -31,9 +31,15 @@ def compressed(recipe, family="llama"):
 
 
 def load(folder):
+    """The export as any transformers user loads it, attending as load_model's models do (sliding-window blocks
+    block by block: helpers.models.use_sliding_blocks), so equal weights give bit-equal logits."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(folder)
+    from helpers.models import use_sliding_blocks
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    use_sliding_blocks(model)
+    return model
 
 
 # --------------------------------------------------------------------------- the grid behind a fake-quantized weight

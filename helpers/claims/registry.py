@@ -201,13 +201,15 @@ def _ratio(rows) -> float:
     return float(rows["ppl_ratio"].max()) if "ppl_ratio" in rows.columns and len(rows) else float("nan")
 
 
-def _test(claim: Claim, interval: Interval, *, ppl_ratio=None, dense_at_floor: bool = False) -> Verdict:
-    """The claim's test (rules.superiority or rules.equivalence) on one point's interval."""
+def _test(claim: Claim, interval: Interval, *, ppl_ratio=None, dense_at_floor: bool = False,
+          margin_name: str = "the margin") -> Verdict:
+    """The claim's test (rules.superiority or rules.equivalence, its margin called `margin_name`) on one point's
+    interval."""
     common = dict(detectable=interval.detectable_effect, ppl_ratio=ppl_ratio, dense_at_floor=dense_at_floor,
                   min_units=claim.min_n)
     if claim.test_kind == "equivalence":
         return rules.equivalence(interval.estimate, interval.low, interval.high, interval.n, margin=claim.margin,
-                                 **common)
+                                 margin_name=margin_name, **common)
     return rules.superiority(interval.estimate, interval.low, interval.high, interval.n, null=claim.null,
                              side=claim.side, claimed_effect=claim.claimed_effect, **common)
 
@@ -634,7 +636,8 @@ def decide_ki3(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
         interval = Interval(1 - boot["estimate"], 1 - boot["high"], 1 - boot["low"], boot["n"],
                             "relative drop, " + boot["interval"],
                             rules.detectable_effect(sd, dense.size) / dense.mean())
-        verdict = _test(claim, interval, ppl_ratio=_ratio(group), dense_at_floor=_floor(group))
+        verdict = _test(claim, interval, ppl_ratio=_ratio(group), dense_at_floor=_floor(group),
+                        margin_name=f"the paper's band [{claim.margin[0]:g}, {claim.margin[1]:g}]")
         if verdict.verdict == rules.REPRODUCED:
             why = "we see a drop of that size: " + verdict.why
         elif verdict.verdict == rules.NOT_REPRODUCED:

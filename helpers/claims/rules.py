@@ -332,10 +332,10 @@ def superiority(estimate: float, low: float, high: float, n: int, *, null: float
 
 def equivalence(estimate: float, low: float, high: float, n: int, *, margin: tuple[float, float],
                 detectable: float | None = None, ppl_ratio: float | Sequence[float] | None = None,
-                dense_at_floor: bool = False, min_units: int = MIN_UNITS) -> Verdict:
+                dense_at_floor: bool = False, min_units: int = MIN_UNITS, margin_name: str = "the margin") -> Verdict:
     """Equivalence by two one-sided tests against a margin (lower, upper) fixed in code before looking
     (one bound may be infinite: a non-inferiority margin). With a 95% interval this is TOST at 2.5%
-    per side (conservative).
+    per side (conservative). `margin_name`: what the margin is, in the messages (e.g. a claimed band).
       reproduced      the whole interval lies inside the margin;
       not reproduced  the whole interval lies outside it (wholly below or wholly above);
       inconclusive    the interval straddles a bound;
@@ -354,15 +354,15 @@ def equivalence(estimate: float, low: float, high: float, n: int, *, margin: tup
     if n < min_units:
         inside = lower <= estimate <= upper
         return Verdict(PARTLY if inside else INCONCLUSIVE, f"only {n} units (< {min_units}): no interval; the "
-                       f"estimate {_number(estimate)} lies {'inside' if inside else 'outside'} the margin", rule, d)
+                       f"estimate {_number(estimate)} lies {'inside' if inside else 'outside'} {margin_name}", rule, d)
     if lower <= low and high <= upper:
-        return Verdict(REPRODUCED, f"the whole interval [{_number(low)}, {_number(high)}] lies inside the margin",
+        return Verdict(REPRODUCED, f"the whole interval [{_number(low)}, {_number(high)}] lies inside {margin_name}",
                        rule, d)
     if high < lower or low > upper:
-        return Verdict(NOT_REPRODUCED, f"the whole interval [{_number(low)}, {_number(high)}] lies outside the "
-                       "margin" + power_note, rule, d)
-    return Verdict(INCONCLUSIVE, f"the interval [{_number(low)}, {_number(high)}] straddles a bound of the margin "
-                   "(inconclusive at this n)" + power_note, rule, d)
+        return Verdict(NOT_REPRODUCED, f"the whole interval [{_number(low)}, {_number(high)}] lies outside "
+                       f"{margin_name}" + power_note, rule, d)
+    return Verdict(INCONCLUSIVE, f"the interval [{_number(low)}, {_number(high)}] straddles a bound of "
+                   f"{margin_name} (inconclusive at this n)" + power_note, rule, d)
 
 
 # --------------------------------------------------------------------------- growth on disjoint bins

@@ -177,9 +177,11 @@ PROFILES: dict[str, dict[str, dict]] = {
         # Gemma-3-270M at 16K tokens, 8 windows of 16,384 tokens: the mechanism test (LC8: 4-bit weights and the 3-bit
         # KV cache of its 3 global vs its 15 sliding-window (512-token) blocks) and LC1-LC4 on a second model: 4-bit
         # g128 on every block, Wanda 30% (Gemma-3's damage-matched point for Wanda 50% on LLaMA-2-7B: 25% is 1.08x
-        # dense perplexity on 512-token windows) and random 1% (LC4 where the model works). Measured: dense pass
-        # 220 s and one compressed pass + KL 290 s per window on 2 cores, float32, peak RSS 3.5 GiB: 7 variants x 8
-        # windows ~4.5 h + the dense pass 0.5 h, resumable across sessions (rows are written per variant). No
+        # dense perplexity on 512-token windows) and random 1% (LC4 where the model works). Measured
+        # (benchmarks/kl_memory.py --model gemma3-270m --context 16384 --threads 2, float32): per 16K window the
+        # dense pass 112 s, a compressed forward 48 s (sliding-window blocks attended block by block; 141 s with
+        # sdpa over the whole masked square), the head + NLL + KL 139 s; peak RSS 2.7 GiB. 7 variants x 8 windows x
+        # ~190 s ~ 3.0 h + the dense pass 15 min, resumable across sessions (rows are written per variant). No
         # 3-bit weights: RTN 3-bit g128 is 5.8x dense perplexity on SmolLM2 (notebook 02), collapsed.
         "long": {"model": "gemma3-270m", "max_context": 16384, "n_windows": 8, "smallest_context": 64,
                  "methods": [{"method": "rtn", "bits": 4, "group_size": 128, "blocks": "full_attention"},
