@@ -139,6 +139,18 @@ def test_long_profile_runs_only_notebooks_with_an_entry_and_keeps_the_cpu_notebo
     run = nbformat.read(str(notebooks / "runs" / "00_first.long.ipynb"), as_version=4)
     assert run.metadata.reproduce["profile"] == "long" and run.metadata.reproduce["parameters"]["value"] == 3
     assert (tmp_path / "figures" / "fig_long.png").exists()
+    # a third run (long32k) is a run of its own: its own copy, the long run's left alone
+    monkeypatch.setitem(rp.PROFILES, "00_first", {"long": {"value": 3, "name": "fig_long"},
+                                                  "long32k": {"value": 4, "name": "fig_32k"}})
+    outcomes = rp.reproduce("long32k", inplace=True, notebooks_dir=notebooks, repo_root=tmp_path,
+                            output_dir=tmp_path / "build" / "long32k", log=lambda _: None)
+    assert [(o.notebook, o.status) for o in outcomes] == [("00_first", "ran")]
+    third = nbformat.read(str(notebooks / "runs" / "00_first.long32k.ipynb"), as_version=4)
+    assert third.metadata.reproduce["parameters"]["value"] == 4 and (tmp_path / "figures" / "fig_32k.png").exists()
+    assert nbformat.read(str(notebooks / "runs" / "00_first.long.ipynb"), as_version=4
+                         ).metadata.reproduce["parameters"]["value"] == 3
+    with pytest.raises(ValueError, match="these have one: 00"):
+        rp.reproduce("long32k", notebooks_dir=notebooks, repo_root=tmp_path, only=["01"], log=lambda _: None)
 
 
 def test_summary_lists_figures_without_findings(tmp_path):

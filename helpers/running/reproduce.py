@@ -14,6 +14,8 @@ Profiles:
   the run's suffix) go to figures/, its results to results/ and its executed copy to
   `notebooks/runs/<name>.long.ipynb` (its "What the numbers show" prose is its own, kept across re-runs:
   `carry_prose`); the committed notebook keeps the cpu run.
+- `long32k`: the same for a third run where a notebook has one (notebook 01: Gemma-3-270M at its native
+  32,768 tokens, the check of the 16K run at the paper's longest context); copy `<name>.long32k.ipynb`.
 - `paper`: the paper-scale settings, a hub model on cuda (needs a network or a local copy).
 
 A notebook's parameters per profile live in PROFILES below: add your notebook's entry there (keyed
@@ -48,8 +50,10 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK_NAME = re.compile(r"^\d\d_.+\.ipynb$")
-PROFILE_NAMES = ("tiny", "cpu", "long", "paper")
-INPLACE_PROFILES = ("cpu", "long")
+PROFILE_NAMES = ("tiny", "cpu", "long", "long32k", "paper")
+# Second committed runs beside the cpu one: only notebooks with an entry run, their copies go to notebooks/runs/.
+SECOND_RUN_PROFILES = ("long", "long32k")
+INPLACE_PROFILES = ("cpu", *SECOND_RUN_PROFILES)
 
 # Precision of the cpu and long profiles, chosen by the rule of helpers.claims.rules.precision_allows (bf16 only
 # where its noise floor is below 5% of the smallest effect a claim needs) from benchmarks/precision.py's numbers
@@ -191,6 +195,14 @@ PROFILES: dict[str, dict[str, dict]] = {
                  "activation_methods": [{"kv_bits": 3, "blocks": "full_attention"},
                                         {"kv_bits": 3, "blocks": "sliding_attention"}],
                  "run_name": "gemma3-16k", "results_path": "../results/01_context_length_kl_gemma3_16k.jsonl"},
+        # The check at Gemma-3's native 32,768 tokens (the paper's longest context): 5 windows, 4-bit g128 on every
+        # block and Wanda 30% (the damage-matched pruning point), so LC1-LC3 rest on >= 5 windows there too.
+        # Estimated from the 16K measurements (full-attention blocks quadratic, the rest linear): ~250 s a dense
+        # window and ~400 s a compressed one (forward ~115 s, head + KL ~280 s): ~1.5 h.
+        "long32k": {"model": "gemma3-270m", "max_context": 32768, "n_windows": 5, "smallest_context": 64,
+                    "methods": [{"method": "rtn", "bits": 4, "group_size": 128}, {"method": "wanda", "sparsity": 0.3}],
+                    "activation_methods": [],
+                    "run_name": "gemma3-32k", "results_path": "../results/01_context_length_kl_gemma3_32k.jsonl"},
         "paper": {"model": "togethercomputer/LLaMA-2-7B-32K", "dtype": "float16", "device": "cuda",
                   "max_context": 32768, "n_windows": 8, "smallest_context": 1024,
                   "calibration_samples": 128, "calibration_seq_len": 2048, "simulation_positions": 4096},
@@ -360,7 +372,7 @@ def checkpoint_runs(profile: str, *, only: list[str] | None = None, output_dir: 
     run_root = repo_root if inplace else Path(output_dir or repo_root / "build" / profile).resolve()
     folders = []
     for notebook in find_notebooks(Path(notebooks_dir or repo_root / "notebooks").resolve(), only):
-        if profile == "long" and "long" not in PROFILES.get(notebook.stem, {}):
+        if profile in SECOND_RUN_PROFILES and profile not in PROFILES.get(notebook.stem, {}):
             continue
         parameters = profile_parameters(notebook, profile, overrides)
         folders.append(checkpoint(notebook, parameters, run_root / "notebooks", repo_root, log=log))
@@ -532,11 +544,12 @@ def reproduce(profile: str, *, only: list[str] | None = None, redo: bool = False
     run_root = repo_root if inplace else output_dir
     cwd = run_root / "notebooks"
     notebooks = find_notebooks(notebooks_dir, only)
-    if profile == "long":
-        notebooks = [nb for nb in notebooks if "long" in PROFILES.get(nb.stem, {})]
+    if profile in SECOND_RUN_PROFILES:
+        notebooks = [nb for nb in notebooks if profile in PROFILES.get(nb.stem, {})]
         if not notebooks:
-            raise ValueError("no selected notebook has a `long` profile entry (see PROFILES); "
-                             "notebook 01 has one: --only 01.")
+            having = sorted(stem[:2] for stem, entries in PROFILES.items() if profile in entries)
+            raise ValueError(f"no selected notebook has a `{profile}` profile entry (see PROFILES); "
+                             f"these have one: {', '.join(having) or 'none'} (--only NN).")
     outcomes = []
     total = time.perf_counter()
     log(f"reproduce: profile={profile}, {len(notebooks)} notebook(s), executed copies in "
