@@ -42,6 +42,7 @@ reproduce: install
 figures: install
 	$(BIN)/python -m helpers.running.reproduce --profile cpu --inplace --from-committed
 	$(BIN)/python -m helpers.running.reproduce --profile long --inplace --from-committed
+	$(BIN)/python -m helpers.running.reproduce --profile long32k --inplace --from-committed
 	$(BIN)/python -m helpers verdicts --check
 
 # the claims board from the committed results; fails when a committed verdict file differs from them
