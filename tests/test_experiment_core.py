@@ -64,6 +64,26 @@ def test_runner_restores_records_and_skips(tiny, tmp_path):
         assert (linear_weight(layer) != 0).float().mean() > 0.9
 
 
+def test_a_recorded_only_runner_measures_nothing_and_says_what_it_left_out(tiny, tmp_path, monkeypatch):
+    from helpers.experiments.core import RECORDED_ONLY
+
+    model, windows, reference = tiny
+    table = ResultsTable(tmp_path / "r.jsonl")
+    measure = [context_kl_measurement(reference, edges=log_bin_edges(24), contexts=[8, 24])]
+    kept = Variant("magnitude 50%", Recipe(method="magnitude", sparsity=0.5))
+    quiet_runner(model, table).run([kept], measure)
+    rows = table.records()
+    lines = []
+    monkeypatch.setenv(RECORDED_ONLY, "1")
+    runner = Runner(model, table, "tiny-llama", {"dataset": "random"}, log=lines.append, progress=False)
+    new = Variant("random 10%", Recipe(method="random", sparsity=0.1))
+    assert runner.run([kept, new], measure) == {} and table.records() == rows      # nothing measured or written
+    assert lines[0].startswith("random 10%: context_kl not recorded, not measured")
+    assert lines[1:] == ["magnitude 50%: already recorded, skipped"]
+    monkeypatch.setenv(RECORDED_ONLY, "0")                                           # "0" is off
+    assert set(runner.run([kept, new], measure)) == {"random 10%"}
+
+
 def test_runner_refuses_a_model_that_was_not_restored(tiny, tmp_path, monkeypatch):
     model, _, reference = tiny
     snapshot = ModelSnapshot(model)

@@ -227,7 +227,8 @@ def test_from_committed_seeds_the_committed_run_and_skips_notebooks_without_one(
 
     repo = tmp_path / "repo"
     source = repo / "notebooks"
-    counts = 'from helpers.results import ResultsTable\nprint("rows", len(ResultsTable(results_path).records()))'
+    counts = ('from helpers.results import ResultsTable\nfrom helpers.experiments.core import recorded_only\n'
+              'print("rows", len(ResultsTable(results_path).records()), "recorded only", recorded_only())')
     write_notebook(source / "01_kept.ipynb", counts,
                    parameters='profile = "cpu"\nrun_name = ""\nresults_path = "../results/kept.jsonl"')
     write_notebook(source / "02_other.ipynb", "raise SystemExit('would measure for hours')",
@@ -241,15 +242,19 @@ def test_from_committed_seeds_the_committed_run_and_skips_notebooks_without_one(
     outcomes = rp.reproduce("tiny", notebooks_dir=source, output_dir=tmp_path / "out", repo_root=repo, kernel=False,
                             from_committed=True, log=lines.append)
     assert [o.status for o in outcomes] == ["skipped", "skipped"] and "still in progress" in "\n".join(lines)
+    capsys.readouterr()
     resumed = rp.reproduce("tiny", notebooks_dir=source, output_dir=tmp_path / "out", repo_root=repo, kernel=False,
                            from_committed=True, resume=True, log=lines.append)
     assert [o.status for o in resumed] == ["ran", "skipped"]
+    assert "recorded only False" in capsys.readouterr().out        # resuming measures what the run lacks
     (rows.parent / "context_growth.csv").write_text("label,window\nx,0\n")  # the finished run's verdict frame
     lines = []
     outcomes = rp.reproduce("tiny", notebooks_dir=source, output_dir=tmp_path / "out2", repo_root=repo, kernel=False,
                             from_committed=True, log=lines.append)
     assert [(o.notebook, o.status) for o in outcomes] == [("01_kept", "ran"), ("02_other", "skipped")]
-    assert "rows 1" in capsys.readouterr().out and "1 rows seeded from 01_verdicts" in "\n".join(lines)
+    assert "rows 1 recorded only True" in capsys.readouterr().out and "1 rows seeded from 01_verdicts" in "\n".join(lines)
+    from helpers.experiments.core import recorded_only
+    assert not recorded_only()                                      # put back after the run
     assert rp.committed_rows(source / "01_kept.ipynb", {"run_name": "gemma3"}, repo).parent.name == "01_verdicts_gemma3"
 
 

@@ -26,6 +26,7 @@ Every notebook, the LLM-KICK sweep and the command line stand on these four piec
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -44,6 +45,14 @@ from ..evaluation.tasks.generation import context_length
 from ..results import NUMBERS_VERSION, ResultsTable, run_key
 
 DENSE_LABEL = "dense"
+# Set (to anything but "" or "0") where a notebook is re-executed over committed results (reproduce --from-committed,
+# `make figures`): the Runner measures nothing, and a point that is not recorded is left out with a note.
+RECORDED_ONLY = "HELPERS_RECORDED_ONLY"
+
+
+def recorded_only() -> bool:
+    """Whether this process may only read recorded results (RECORDED_ONLY is set)."""
+    return os.environ.get(RECORDED_ONLY, "") not in ("", "0")
 
 
 # --------------------------------------------------------------------------- variants
@@ -437,6 +446,11 @@ class Runner:
         recorded = {r.get("key") for r in records} - self.outdated(records, measurements)
         other_versions = {r.get("numbers_version") for r in records} - {NUMBERS_VERSION}
         pending = {v.label: [m for m in measurements if self.key(v, m) not in recorded] for v in variants}
+        left_out = {label for label, todo in pending.items() if todo} if recorded_only() else set()
+        for label in left_out:
+            self.log(f"{label}: {', '.join(m.name for m in pending[label])} not recorded, not measured "
+                     f"({RECORDED_ONLY} is set: a re-execution over committed results measures nothing)")
+            pending[label] = []
         checked = set(self._calibration)
         for variant in variants:  # every recipe against the model's shapes, every calibration to draw: before any work
             if variant.recipe is not None:
@@ -454,7 +468,8 @@ class Runner:
             for variant in tqdm(variants, desc="variants", disable=not self.progress):
                 todo = pending[variant.label]
                 if not todo:
-                    self.log(f"{variant.label}: already recorded, skipped")
+                    if variant.label not in left_out:
+                        self.log(f"{variant.label}: already recorded, skipped")
                     continue
                 stale = self.stale_versions(variant, todo, recorded, other_versions)
                 if stale:

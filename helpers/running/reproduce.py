@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -582,10 +583,11 @@ def reproduce(profile: str, *, only: list[str] | None = None, redo: bool = False
         log(f"{prefix}: running with {parameters or 'its defaults'} ...")
         started = time.perf_counter()
         try:
-            if kernel:
-                execute(notebook, output, parameters, cwd, profile=profile, root=repo_root, stream=stream)
-            else:
-                execute_in_process(notebook, parameters, cwd, log=log)
+            with _recorded_only(from_committed and not resume):  # make figures measures nothing
+                if kernel:
+                    execute(notebook, output, parameters, cwd, profile=profile, root=repo_root, stream=stream)
+                else:
+                    execute_in_process(notebook, parameters, cwd, log=log)
         except Exception as err:  # noqa: BLE001 - report at the end, go on with the next notebook
             seconds = time.perf_counter() - started
             message = _short_error(err)
@@ -613,6 +615,24 @@ def reproduce(profile: str, *, only: list[str] | None = None, redo: bool = False
         where = f" (see {_relative(outcome.output, repo_root)})" if outcome.output and outcome.output.exists() else ""
         log(f"  FAILED {outcome.notebook}: {outcome.error}{where}")
     return outcomes
+
+
+@contextlib.contextmanager
+def _recorded_only(on: bool):
+    """Within the block, with `on`, the Runner of this process and of the kernels it starts measures nothing
+    (experiments.core.RECORDED_ONLY); the variable is put back as it was."""
+    from ..experiments.core import RECORDED_ONLY
+
+    before = os.environ.get(RECORDED_ONLY)
+    if on:
+        os.environ[RECORDED_ONLY] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(RECORDED_ONLY, None)
+        else:
+            os.environ[RECORDED_ONLY] = before
 
 
 def _short_error(err: Exception) -> str:
