@@ -289,8 +289,13 @@ def code_digest(notebook: Path, parameters: dict) -> str:
     return digest.hexdigest()
 
 
+def run_parameter(notebook: Path, parameters: dict, name: str, default=None):
+    """A parameter as the run sees it: the injected value, else the notebook's default."""
+    return parameters[name] if name in parameters else notebook_defaults(notebook).get(name, default)
+
+
 def _results_recorded(notebook: Path, parameters: dict, cwd: Path) -> bool:
-    results = parameters.get("results_path", notebook_defaults(notebook).get("results_path"))
+    results = run_parameter(notebook, parameters, "results_path")
     if not results:
         return True
     path = cwd / results
@@ -302,9 +307,8 @@ def committed_rows(notebook: Path, parameters: dict, repo_root: Path = REPO_ROOT
     rows.jsonl.gz (the notebooks name a run's outputs after `run_name`; the profile's default run has none)."""
     from ..results import run_suffix
 
-    defaults = notebook_defaults(notebook)
-    name = f"{notebook.stem[:2]}_verdicts" + run_suffix(parameters.get("run_name", defaults.get("run_name", "")),
-                                                        parameters.get("model", defaults.get("model", "")))
+    name = f"{notebook.stem[:2]}_verdicts" + run_suffix(run_parameter(notebook, parameters, "run_name", ""),
+                                                        run_parameter(notebook, parameters, "model", ""))
     return Path(repo_root) / "results" / "committed" / name / "rows.jsonl.gz"
 
 
@@ -321,11 +325,11 @@ def seed_results(notebook: Path, parameters: dict, cwd: Path, frozen: list[Path]
     `results_path` as run from `cwd`), skipping rows it already holds."""
     from ..results import ResultsTable
 
-    results = parameters.get("results_path", notebook_defaults(notebook).get("results_path"))
+    results = run_parameter(notebook, parameters, "results_path")
     if not results:
         raise ValueError(f"{notebook.name} declares no results_path, so committed rows have nowhere to go.")
     table = ResultsTable(cwd / results)
-    records = parameters.get("records_dir", notebook_defaults(notebook).get("records_dir"))
+    records = run_parameter(notebook, parameters, "records_dir")
     for path in frozen:
         log(f"{table.seed(path)} rows seeded from {path.parent.name}")
         if records and (path.parent / "records").is_dir():  # a task notebook's answers (experiments.kick)
@@ -341,8 +345,7 @@ def checkpoint(notebook: Path, parameters: dict, cwd: Path, repo_root: Path = RE
     `seed_results`. Refuses to replace a finished committed run (one with verdict frames). Returns the folder."""
     from ..results import ResultsTable
 
-    defaults = notebook_defaults(notebook)
-    results = parameters.get("results_path", defaults.get("results_path"))
+    results = run_parameter(notebook, parameters, "results_path")
     table = Path(cwd) / results if results else None
     if table is None or not table.is_file():
         raise ValueError(f"{notebook.name}: no results table to checkpoint ({table or 'no results_path declared'}); "
@@ -353,7 +356,7 @@ def checkpoint(notebook: Path, parameters: dict, cwd: Path, repo_root: Path = RE
                          "checkpoint would replace its rows. Re-execute the notebook to commit a new finished run.")
     rows = ResultsTable(table)
     log(f"{notebook.stem}: {rows.freeze(frozen)} rows frozen in {_relative(frozen, repo_root)}")
-    records = parameters.get("records_dir", defaults.get("records_dir"))
+    records = run_parameter(notebook, parameters, "records_dir")
     if records and (Path(cwd) / records).is_dir():  # a task notebook's answers (experiments.kick)
         from ..experiments.core import latest_frame
         from ..experiments.kick import freeze_records
@@ -370,14 +373,29 @@ def checkpoint_runs(profile: str, *, only: list[str] | None = None, output_dir: 
     same arguments runs it (the repository with `inplace`, else `output_dir`); returns the folders written
     (commit them: `git add results/committed/<folder>`)."""
     repo_root = Path(repo_root).resolve()
-    run_root = repo_root if inplace else Path(output_dir or repo_root / "build" / profile).resolve()
-    folders = []
-    for notebook in find_notebooks(Path(notebooks_dir or repo_root / "notebooks").resolve(), only):
-        if profile in SECOND_RUN_PROFILES and profile not in PROFILES.get(notebook.stem, {}):
-            continue
-        parameters = profile_parameters(notebook, profile, overrides)
-        folders.append(checkpoint(notebook, parameters, run_root / "notebooks", repo_root, log=log))
-    return folders
+    cwd = _run_root(profile, inplace, output_dir, repo_root) / "notebooks"
+    notebooks = profile_notebooks(profile, Path(notebooks_dir or repo_root / "notebooks").resolve(), only)
+    return [checkpoint(nb, profile_parameters(nb, profile, overrides), cwd, repo_root, log=log) for nb in notebooks]
+
+
+def profile_notebooks(profile: str, notebooks_dir: Path, only: list[str] | None = None) -> list[Path]:
+    """The notebooks a run of `profile` executes: `find_notebooks`, and for a second run (SECOND_RUN_PROFILES)
+    only those with an entry for it in PROFILES (an error when none is selected)."""
+    notebooks = find_notebooks(notebooks_dir, only)
+    if profile not in SECOND_RUN_PROFILES:
+        return notebooks
+    notebooks = [nb for nb in notebooks if profile in PROFILES.get(nb.stem, {})]
+    if not notebooks:
+        having = sorted(stem[:2] for stem, entries in PROFILES.items() if profile in entries)
+        raise ValueError(f"no selected notebook has a `{profile}` profile entry (see PROFILES); "
+                         f"these have one: {', '.join(having) or 'none'} (--only NN).")
+    return notebooks
+
+
+def _run_root(profile: str, inplace: bool, output_dir: Path | None, repo_root: Path) -> Path:
+    """Where a run's results/, figures/ and notebooks/ (its working directory) are: the repository with
+    `inplace`, else `output_dir` (default build/<profile>)."""
+    return repo_root if inplace else Path(output_dir or repo_root / "build" / profile).resolve()
 
 
 def is_up_to_date(notebook: Path, output: Path, parameters: dict, cwd: Path) -> bool:
@@ -541,16 +559,10 @@ def reproduce(profile: str, *, only: list[str] | None = None, redo: bool = False
                          f"it cannot be used with --profile {profile}, --set or --no-kernel.")
     repo_root = Path(repo_root).resolve()
     notebooks_dir = Path(notebooks_dir or repo_root / "notebooks").resolve()
-    output_dir = Path(output_dir or repo_root / "build" / profile).resolve()
-    run_root = repo_root if inplace else output_dir
+    output_dir = _run_root(profile, False, output_dir, repo_root)
+    run_root = _run_root(profile, inplace, output_dir, repo_root)
     cwd = run_root / "notebooks"
-    notebooks = find_notebooks(notebooks_dir, only)
-    if profile in SECOND_RUN_PROFILES:
-        notebooks = [nb for nb in notebooks if profile in PROFILES.get(nb.stem, {})]
-        if not notebooks:
-            having = sorted(stem[:2] for stem, entries in PROFILES.items() if profile in entries)
-            raise ValueError(f"no selected notebook has a `{profile}` profile entry (see PROFILES); "
-                             f"these have one: {', '.join(having) or 'none'} (--only NN).")
+    notebooks = profile_notebooks(profile, notebooks_dir, only)
     outcomes = []
     total = time.perf_counter()
     log(f"reproduce: profile={profile}, {len(notebooks)} notebook(s), executed copies in "
