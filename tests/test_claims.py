@@ -354,6 +354,25 @@ def test_lc6_and_lc7_compare_a_setting_with_its_own_grid_only():
     assert decide("LC6", frame.drop(columns="group_size")).points[0].verdict.why != lc6.points[0].verdict.why  # bits alone mix them
 
 
+def test_lc6_and_lc7_tell_grids_over_different_blocks_apart():
+    # 4-bit g128 on the global blocks only grows, on every block it does not: the global-only protected setting
+    # is judged against the global-only baseline, the all-blocks one has nothing to remove
+    g128 = {"bits": 4, "group_size": 128, "protection_rule": "none", "protected_fraction": 0.0}
+    kept = {"protection_rule": "magnitude", "protected_fraction": 0.02}
+    frame = growth_frame({"label": "global", "factor": 1.8, "blocks": "full_attention", **g128},
+                         {"label": "all", "factor": 1.0, "blocks": np.nan, **g128},
+                         {"label": "global + 2%", "factor": 1.0, "blocks": "full_attention", **{**g128, **kept}},
+                         {"label": "all + 2%", "factor": 1.0, "blocks": np.nan, **{**g128, **kept}},
+                         {"label": "global + 2% random", "factor": 1.0, "blocks": "full_attention",
+                          **{**g128, "protection_rule": "random", "protected_fraction": 0.02}})
+    lc6 = decide("LC6", frame)
+    assert [p.name.split(" (")[0] for p in lc6.points] == ["global + 2%", "all + 2%"]
+    assert lc6.points[0].verdict.verdict == R and "does not grow" in lc6.points[1].verdict.why
+    assert [p.name for p in decide("LC7", frame).points] == ["magnitude vs random (4/g128/full_attention, 0.02 kept)"]
+    mixed = decide("LC6", frame.drop(columns="blocks"))  # without the column both baselines share one grid
+    assert all("2 unprotected baselines" in p.verdict.why for p in mixed.points)
+
+
 def task_frame(points: dict, *, n: int = 200, dense_accuracy: float = 0.6, chance: float = 0.25, seed: int = 0,
                task: str = "trivia", task_kind: str = "knowledge") -> pd.DataFrame:
     """points: {label: (share of dense-correct answers kept, settings)}; one row per example, scores 0/1."""

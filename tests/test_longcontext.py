@@ -277,3 +277,36 @@ def test_dense_row_comes_from_the_reference_and_a_lazy_reference_is_never_run_wh
     assert pruned > 0                                               # the reference ran on the dense model
     again = run()
     assert "_pass" not in again.__dict__                            # everything recorded: no dense pass
+
+
+def test_protection_pairs_and_figures_keep_grids_over_different_blocks_apart():
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    from helpers.experiments.longcontext import protection_pairs, protection_summary
+    from helpers.experiments.longcontext_figures import protection_bits_figure, protection_paired_figure
+
+    rng = np.random.default_rng(0)
+    settings = {"global": ("full_attention", "none", 0.0), "global + 2%": ("full_attention", "magnitude", 0.02),
+                "global + 2% random": ("full_attention", "random", 0.02), "all": (np.nan, "none", 0.0),
+                "all + 2%": (np.nan, "magnitude", 0.02)}
+    growth = pd.DataFrame([{"label": label, "window": w, "early_bin_kl": 0.1, "late_bin_kl": 0.1 * rng.uniform(1, 2),
+                            "bits": 4.0, "group_size": 128.0, "blocks": blocks, "protection_rule": rule,
+                            "protected_fraction": fraction, "bits_per_weight": 4.25 + 0.1 * fraction, "ppl_ratio": 1.2,
+                            "working": True} for label, (blocks, rule, fraction) in settings.items() for w in range(5)])
+    summary = protection_summary(growth)
+    versus_plain, versus_rule = protection_pairs(summary)
+    assert versus_plain == [("global + 2%", "global"), ("global + 2% random", "global"), ("all + 2%", "all")]
+    assert versus_rule == [("global + 2%", "global + 2% random")]
+    fig, finding = protection_bits_figure(summary, title="t", early=(1, 2), late=(3, 4))
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert "unprotected, 4-bit g128 [global blocks]" in legend and "unprotected, 4-bit g128" in legend
+    assert "4-bit g128 [global blocks] late/early" in finding
+    paired = protection_paired_figure(
+        pd.DataFrame({"a": [p for p, _ in versus_plain], "b": [u for _, u in versus_plain], "estimate": 1.0,
+                      "low": 0.9, "high": 1.1}),
+        pd.DataFrame({"a": [m for m, _ in versus_rule], "b": [o for _, o in versus_rule], "estimate": 1.0,
+                      "low": 0.9, "high": 1.1}), summary, title="t")
+    labels = [t.get_text() for t in (paired[0] if isinstance(paired, tuple) else paired).axes[0].get_yticklabels()]
+    assert any(label.startswith("4-bit g128 [global blocks]: magnitude 2%") for label in labels)

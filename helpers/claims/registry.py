@@ -409,14 +409,21 @@ def decide_lc5(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
 PROTECTION_COLUMNS = (*GROWTH_COLUMNS, "bits", "protected_fraction", "protection_rule")
 
 
-def _grid(frame):
+def quantization_grid(frame):
     """Each row's quantization grid, "bits/group size" ("bits/channel" for one grid per output channel; the
-    group size is optional in the frame): settings are compared with the baseline of their own grid only."""
-    bits = frame["bits"].astype(float).map("{:g}".format)
-    if "group_size" not in frame:
-        return bits
-    group = frame["group_size"].astype(float)
-    return bits + "/" + group.map(lambda g: f"g{g:g}" if g == g and g > 0 else "channel")
+    group size is optional in the frame), and "/<blocks>" when only some decoder blocks are quantized (column
+    blocks, optional; empty or "all": every block): settings are compared with the baseline of their own grid only."""
+    grid = frame["bits"].astype(float).map("{:g}".format)
+    if "group_size" in frame:
+        grid = grid + "/" + frame["group_size"].astype(float).map(lambda g: f"g{g:g}" if g == g and g > 0 else "channel")
+    if "blocks" in frame:
+        grid = grid + frame["blocks"].map(lambda b: "" if every_block(b) else f"/{b}")
+    return grid
+
+
+def every_block(blocks) -> bool:
+    """Whether a recorded `blocks` value means every decoder block (not recorded, None, NaN or "all")."""
+    return blocks is None or (isinstance(blocks, float) and blocks != blocks) or blocks == "all"
 
 
 def decide_lc6(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
@@ -429,7 +436,7 @@ def decide_lc6(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
     fraction = frame["protected_fraction"].astype(float)
     protected = frame[(frame["protection_rule"] == "magnitude") & (fraction >= 0.01) & (fraction <= 0.05)]
     points = []
-    grid = _grid(frame)
+    grid = quantization_grid(frame)
     for label, rows in protected.groupby("label", sort=False):
         bits, mine = float(rows["bits"].iloc[0]), grid[rows.index[0]]
         base = frame[(fraction == 0) & (grid == mine)]
@@ -513,7 +520,7 @@ def decide_lc7(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
     run with several calibration seeds (several labels) enters with its late-bin KL averaged over them."""
     _require(frame, PROTECTION_COLUMNS, claim)
     points = []
-    frame = frame.assign(grid=_grid(frame))
+    frame = frame.assign(grid=quantization_grid(frame))
     magnitude = frame[frame["protection_rule"] == "magnitude"]
     others = frame[~frame["protection_rule"].isin(["none", "magnitude"]) & (frame["protected_fraction"] > 0)]
     for (grid, fraction, rule), rows in others.groupby(["grid", "protected_fraction", "protection_rule"], sort=False):

@@ -124,7 +124,7 @@ SCHEDULE_KEYS = {"schedule", "schedule_inputs", "owl_multiplier", "owl_spread", 
 SPEC_KEYS = {"method", "label", "family", "blocks"} | QUANT_KEYS | PRUNE_KEYS | RECIPE_KEYS | EVALUATION_KEYS | SCHEDULE_KEYS
 
 
-_BLOCK_LABELS = {"full_attention": "global blocks", "sliding_attention": "sliding-window blocks"}
+BLOCK_LABELS = {"full_attention": "global blocks", "sliding_attention": "sliding-window blocks"}
 
 
 def _grid_label(quant: QuantSettings) -> str:
@@ -259,7 +259,7 @@ def parse_variant(spec: Mapping[str, Any], calibration: CalibrationSettings | No
 
     if blocks != "all":
         settings["blocks"] = blocks if isinstance(blocks, str) else list(blocks)
-        where = _BLOCK_LABELS.get(blocks, blocks) if isinstance(blocks, str) else "blocks " + ",".join(map(str, blocks))
+        where = BLOCK_LABELS.get(blocks, blocks) if isinstance(blocks, str) else "blocks " + ",".join(map(str, blocks))
         label += f" [{where}]"
     return Variant(spec.get("label") or label, recipe, during, settings, family=spec.get("family") or family,
                    compress=compress)

@@ -529,7 +529,7 @@ def protection_summary(growth):
         low, high = t_interval(group.late_bin_kl.to_numpy(float))
         first = group.iloc[0]
         rows.append({"label": label, "bits": first.bits, "group_size": first.group_size,
-                     "protection_rule": first.protection_rule, "protected_fraction": float(first.protected_fraction or 0),
+                     "blocks": first.get("blocks", None), "protection_rule": first.protection_rule, "protected_fraction": float(first.protected_fraction or 0),
                      "bits_per_weight": first.bits_per_weight, "late_kl": group.late_bin_kl.mean(),
                      "late_kl_low": low, "late_kl_high": high})
     out = pd.DataFrame(rows).set_index("label")
@@ -537,11 +537,14 @@ def protection_summary(growth):
 
 
 def protection_pairs(summary) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """From a `protection_summary`: (protected, unprotected) pairs of the same bits and group size, and
-    (magnitude, other rule) pairs of the same bits, group size and protected fraction (LC7's comparison)."""
+    """From a `protection_summary`: (protected, unprotected) pairs of the same grid (bits, group size, quantized
+    blocks), and (magnitude, other rule) pairs of the same grid and protected fraction (LC7's comparison)."""
+    from ..claims.registry import quantization_grid
+
+    grids = quantization_grid(summary)
+
     def grid(label):
-        row = summary.loc[label]
-        return (row.bits, row.group_size if row.group_size == row.group_size else None)
+        return grids[label]
 
     plain = {grid(label): label for label in summary.index if summary.protected_fraction[label] == 0}
     protected = [label for label in summary.index if summary.protected_fraction[label] > 0]

@@ -209,8 +209,18 @@ def _seed_suffix(label: str) -> str:
     return " " + label.rsplit(" ", 1)[1] if " seed=" in label else ""
 
 
-def _grid_name(bits, group_size) -> str:
-    return f"{bits:g}-bit " + (f"g{group_size:g}" if group_size == group_size and group_size else "per-channel")
+def _grid_name(bits, group_size, blocks=None) -> str:
+    """"4-bit g128", "4-bit per-channel", "4-bit g128 [global blocks]" (a grid over some decoder blocks)."""
+    from ..claims.registry import every_block
+    from .core import BLOCK_LABELS
+
+    where = "" if every_block(blocks) else f" [{BLOCK_LABELS.get(blocks, blocks)}]" if isinstance(blocks, str) \
+        else f" [blocks {blocks}]"
+    return f"{bits:g}-bit " + (f"g{group_size:g}" if group_size == group_size and group_size else "per-channel") + where
+
+
+def _summary_grid_name(summary, label) -> str:
+    return _grid_name(summary.bits[label], summary.group_size[label], summary.get("blocks", {}).get(label))
 
 
 def protection_bits_figure(summary, *, title: str, early: tuple[int, int], late: tuple[int, int]):
@@ -231,11 +241,12 @@ def protection_bits_figure(summary, *, title: str, early: tuple[int, int], late:
             ax.errorbar(x, rows[column], yerr=[(rows[column] - rows[low]).clip(lower=0), rows[high] - rows[column]],
                         capsize=2, label=label if ax is right else None, ls=line, **style)
 
-    grids = summary.groupby([summary.bits, summary.group_size.fillna(0)], sort=False)
-    for (bits, group), grid in grids:
+    blocks = summary["blocks"] if "blocks" in summary else pd.Series(None, index=summary.index)
+    grids = summary.groupby([summary.bits, summary.group_size.fillna(0), blocks.fillna("all")], sort=False)
+    for (bits, group, where), grid in grids:
         plain = grid[grid.protected_fraction == 0]
-        line = LINESTYLES[list(grids.groups).index((bits, group)) % len(LINESTYLES)]
-        draw(plain, x=plain.bits_per_weight, label=f"unprotected, {_grid_name(bits, group)}", line="none",
+        line = LINESTYLES[list(grids.groups).index((bits, group, where)) % len(LINESTYLES)]
+        draw(plain, x=plain.bits_per_weight, label=f"unprotected, {_grid_name(bits, group, where)}", line="none",
              color="black", marker="X", markersize=8)
         for rule in rules:
             protected = grid[grid.protection_rule == rule].sort_values("bits_per_weight")
@@ -245,7 +256,7 @@ def protection_bits_figure(summary, *, title: str, early: tuple[int, int], late:
             rows = pd.concat([plain, first])
             style = {"color": styles[rule]["color"], "marker": styles[rule]["marker"]}
             draw(rows, x=rows.bits_per_weight + np.array([0] * len(plain) + [dodge[rule]] * len(first)),
-                 label=f"{rule}, {_grid_name(bits, group)}" + (", one point a seed" if len(first) < len(protected)
+                 label=f"{rule}, {_grid_name(bits, group, where)}" + (", one point a seed" if len(first) < len(protected)
                                                                  else ""), line=line, **style)
             seeds = protected.drop(first.index)
             if len(seeds):
@@ -263,7 +274,7 @@ def protection_bits_figure(summary, *, title: str, early: tuple[int, int], late:
     fig.tight_layout()
     plain = summary[summary.protected_fraction == 0]
     finding = (f"Over {windows} windows: unprotected " + ", ".join(
-        f"{_grid_name(r.bits, r.group_size)} late/early {r['late/early']:.2f} [{r.low:.2f}, {r.high:.2f}] "
+        f"{_grid_name(r.bits, r.group_size, r.get('blocks'))} late/early {r['late/early']:.2f} [{r.low:.2f}, {r.high:.2f}] "
         f"({r.ppl_ratio:.2g}x ppl)" for _, r in plain.iterrows()) + "; protected settings span "
         f"{summary[summary.protected_fraction > 0]['late/early'].min():.2f}-"
         f"{summary[summary.protected_fraction > 0]['late/early'].max():.2f}.")
@@ -288,7 +299,7 @@ def protection_paired_figure(versus_plain, versus_rule, summary, *, title: str):
             ax.set_axis_off()
             continue
         rule = paired[key].map(summary.protection_rule)
-        labels = [f"{_grid_name(summary.bits[r], summary.group_size[r])}: {summary.protection_rule[r]} "
+        labels = [f"{_summary_grid_name(summary, r)}: {summary.protection_rule[r]} "
                   f"{summary.protected_fraction[r] * 100:g}%{_seed_suffix(r)} ({summary.ppl_ratio[r]:.2g}x ppl"
                   + (")" if summary.working[r] else ", collapsed)")
                   for r in paired[key]]

@@ -135,17 +135,18 @@ PROFILES: dict[str, dict[str, dict]] = {
         # with ~12 working points, the dense pass on every task (~17 min) and 3 focus points (~4 min each): ~2.9 h,
         # resumable. 10% and 20% are left out for the budget (nothing moved up to 20% on SmolLM2; uniform SparseGPT
         # 20% is 1.07x dense perplexity on this model, notebook 04), as are 4:8 and the calibration ablation (KI6
-        # rests on SmolLM2's 5 seeds).
+        # rests on SmolLM2's 5 seeds). MMLU (1,000 questions, 0-shot, letter and cloze log-likelihood) on the dense
+        # model only: where the base model stands against chance (SmolLM2's letter scoring is at chance), not swept.
         "long": {"model": "gemma3-270m", "run_name": "gemma3", "eval_windows": 8, "sparsities": [0.25, 0.3, 0.5],
                  "nm_patterns": ["2:4", "1:4"], "seed_repeats": [], "working_only": True,
-                 "task_counts": {"mmlu_examples": 0, "freebaseqa_examples": 1000, "triviaqa_examples": 3000,
+                 "task_counts": {"mmlu_examples": 1000, "freebaseqa_examples": 1000, "triviaqa_examples": 3000,
                                  "nq_closed_examples": 0, "nq_open_examples": 300, "kv_examples": 100,
                                  "summarization_examples": 0, "instruction_examples": 0},
-                 "task_settings": {"mmlu_shots": 0, "mmlu_scorings": ["loglik"], "passage_chars": 3072,
+                 "task_settings": {"mmlu_shots": 0, "mmlu_scorings": ["loglik", "cloze"], "passage_chars": 3072,
                                    "short_answer_tokens": 12, "short_answer_batch": 32, "kv_pairs": 3,
                                    "kv_long_pairs": 0, "kv_new_tokens": 48, "summary_article_tokens": 512,
                                    "summary_new_tokens": 64, "instruction_new_tokens": 64},
-                 "sweep_tasks": ["triviaqa_closed_book"], "dense_only_tasks": ["freebaseqa"],
+                 "sweep_tasks": ["triviaqa_closed_book"], "dense_only_tasks": ["freebaseqa", "mmlu"],
                  "focus_tasks": ["nq_open_book", "kv_retrieval"],
                  "focus_points": [{"method": "wanda", "sparsity": 0.3}, {"method": "wanda", "sparsity": 0.5},
                                   {"method": "rtn", "bits": 8}],
@@ -214,6 +215,19 @@ PROFILES: dict[str, dict[str, dict]] = {
                  "protections": [["magnitude", 0.05], ["random", 0.05]],
                  "heatmap_fraction": 0.05, "calibration_samples": 4, "calibration_seq_len": 32, **FLOAT32},
         "cpu": {},  # the notebook's defaults, bf16 (see FLOAT32 above)
+        # LC6 where notebook 01 finds growth on the second model: Gemma-3-270M, 8 windows of 16,384 tokens (the 01
+        # long run's windows). RTN 4-bit g128 grows there when only the 3 global blocks are quantized (late/early
+        # 1.30 [1.15, 1.48], 8 windows), not when only the sliding-window ones are (1.00 [0.94, 1.06]). The grids:
+        # 4-bit g128 on the global blocks (the growing setting) and on every block, each unprotected and with 2% of
+        # its groups at 8 bits by magnitude (the paper's rule); random 2% on the growing grid (LC7's control). No
+        # Hessian rule (its 3 seeds would double the run). 5 variants x ~26 min (a compressed 16K window 193 s, 01
+        # long) + the dense pass 15 min: ~2.4 h, resumable.
+        "long": {"model": "gemma3-270m", "max_context": 16384, "n_windows": 8, "smallest_context": 64,
+                 "grids": [{"method": "rtn", "bits": 4, "group_size": 128, "blocks": "full_attention"},
+                           {"method": "rtn", "bits": 4, "group_size": 128}],
+                 "protections": [["magnitude", 0.02], ["random", 0.02]],
+                 "other_protections": [["magnitude", 0.02]], "hessian_seeds": [0], "heatmap_fraction": 0.02,
+                 **FLOAT32, "run_name": "gemma3-16k", "results_path": "../results/02_outlier_protection_gemma3_16k.jsonl"},
         "paper": {"model": "togethercomputer/LLaMA-2-7B-32K", "dtype": "float16", "device": "cuda",
                   "max_context": 32768, "n_windows": 8, "smallest_context": 1024,
                   "grids": [{"method": "rtn", "bits": 3, "group_size": 128}, {"method": "rtn", "bits": 4, "group_size": 128}],
