@@ -310,3 +310,21 @@ def test_protection_pairs_and_figures_keep_grids_over_different_blocks_apart():
                       "low": 0.9, "high": 1.1}), summary, title="t")
     labels = [t.get_text() for t in (paired[0] if isinstance(paired, tuple) else paired).axes[0].get_yticklabels()]
     assert any(label.startswith("4-bit g128 [global blocks]: magnitude 2%") for label in labels)
+
+
+def test_theory_figure_labels_several_ticks_on_a_ratio_axis_within_a_decade():
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    from helpers.experiments.longcontext_figures import theory_figure
+
+    positions = np.arange(1, 1025)
+    simulation = pd.DataFrame({"position": positions, "curve": "sum", "relative": positions / 16})
+    measured = pd.DataFrame({"position": positions, "curve": "kl", "relative": np.geomspace(1.6, 0.15, positions.size)})
+    fig = theory_figure(simulation, measured, title="t")
+    fig.canvas.draw()
+    right = fig.axes[1]
+    low, high = right.get_ylim()
+    shown = [t.get_text() for t in right.get_yticklabels() if t.get_text() and low <= t.get_position()[1] <= high]
+    assert right.get_yscale() == "log" and len(shown) >= 3, shown   # e.g. 0.2, 0.5, 1 (one label before)

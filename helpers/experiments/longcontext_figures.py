@@ -152,11 +152,9 @@ def theory_figure(simulation, measured, *, title: str):
     left.legend(fontsize="x-small")
     for name, rows in measured.groupby("curve", sort=False):
         right.plot(rows.position, rows.relative, marker="o", ms=3, label=name)
-    right.set(xscale="log", yscale="log", xlabel="token position (1-based)",
-              ylabel="KL / its value at position 16", title="measured (working variants)")
-    from matplotlib.ticker import FuncFormatter
-    right.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
-    right.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: f"{y:g}" if f"{y:g}"[0] in "25" else ""))
+    right.set(xscale="log", xlabel="token position (1-based)", ylabel="KL / its value at position 16",
+              title="measured (working variants)")
+    ratio_axis(right, "y")  # log with ticks at 1, 2, 5 x 10^k when the ratios span a factor of 4 or more
     right.legend(fontsize="x-small")
     fig.suptitle(title, x=0.01, ha="left", fontsize="medium")
     fig.tight_layout()
