@@ -301,3 +301,24 @@ def test_a_resumed_sweep_measures_kl_against_the_dense_model(tmp_path):
     assert len(kl_rows(frame)) == 2 and kl_rows(frame.drop(columns="kl_reference")).empty  # dense and halved
     other = frame.assign(kl_reference=frame.kl_reference.where(frame.label == "dense", "0123456789abcdef"))
     assert list(kl_rows(other).label) == ["dense"]                  # measured against another model: not read
+
+
+def test_baseline_figure_names_mmlu_scorings_and_only_the_statuses_drawn():
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    from helpers.experiments.kick_figures import baseline_figure
+
+    baseline = pd.DataFrame([
+        {"task": "mmlu", "scoring": "loglik_micro_accuracy", "n": 1000, "score": 0.269, "low": 0.242, "high": 0.297,
+         "chance": 0.25, "status": "at the floor: untestable on this model"},
+        {"task": "mmlu", "scoring": "cloze_micro_accuracy", "n": 1000, "score": 0.302, "low": 0.274, "high": 0.331,
+         "chance": 0.25, "status": "above the floor"},
+        {"task": "trivia", "scoring": "contains", "n": 300, "score": 0.1, "low": 0.07, "high": 0.14, "chance": 0.0,
+         "status": "above the floor"}])
+    fig, finding = baseline_figure(baseline, title="t")
+    assert finding.startswith("Dense, above the floor: mmlu · cloze 0.302 [0.274, 0.331] (n=1000), trivia 0.100")
+    assert finding.endswith("at the floor: mmlu · loglik.")
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["above the floor", "at the floor: untestable"]

@@ -45,8 +45,9 @@ def baseline_figure(baseline, *, title: str):
     """The dense model on every task: score with its 95% interval, chance marked, colour by status."""
     import matplotlib.pyplot as plt
 
-    shown = baseline.assign(name=baseline.task + np.where(baseline.task == "mmlu", " · " + baseline.scoring.str.replace(
-        "_micro_accuracy", ""), "") + " (n=" + baseline.n.astype(str) + ")")
+    baseline = baseline.assign(what=baseline.task + np.where(baseline.task == "mmlu", " · " + baseline.scoring.str.replace(
+        "_micro_accuracy", ""), ""))  # MMLU is scored several ways: name the scoring
+    shown = baseline.assign(name=baseline.what + " (n=" + baseline.n.astype(str) + ")")
     colors = {"above the floor": "tab:blue", "free text (no chance level)": "tab:green"}
     fig, ax = plt.subplots(figsize=(8.5, 0.42 * len(shown) + 1.4))
     y = np.arange(len(shown))[::-1]
@@ -58,14 +59,16 @@ def baseline_figure(baseline, *, title: str):
     ax.set_yticks(y, shown.name, fontsize="small")
     ax.set(xlabel="dense score (accuracy; free text: ROUGE-L F1), 95% interval over examples; |: chance", xlim=(-0.02, 1.02))
     for status, color in (*colors.items(), ("at the floor: untestable", "tab:red")):
-        ax.scatter([], [], color=color, label=status)
+        if (shown.status == status).any() or (status.startswith("at the floor") and
+                                              shown.status.str.startswith("at the floor").any()):
+            ax.scatter([], [], color=color, label=status)  # only the statuses drawn
     ax.legend(fontsize="x-small", loc="lower right")
     figure_title(fig, title)
     fig.tight_layout()
     above = baseline[baseline.status == "above the floor"]
-    finding = ("Dense, above the floor: " + (", ".join(f"{r.task} {r.score:.3f} [{r.low:.3f}, {r.high:.3f}] (n={r.n})"
+    finding = ("Dense, above the floor: " + (", ".join(f"{r.what} {r.score:.3f} [{r.low:.3f}, {r.high:.3f}] (n={r.n})"
                                                        for r in above.itertuples()) or "nothing") + "; at the floor: "
-               + (", ".join(sorted(set(baseline[baseline.status.str.startswith('at the floor')].task))) or "nothing") + ".")
+               + (", ".join(sorted(set(baseline[baseline.status.str.startswith('at the floor')].what))) or "nothing") + ".")
     return fig, finding
 
 
