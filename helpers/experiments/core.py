@@ -124,7 +124,12 @@ SCHEDULE_KEYS = {"schedule", "schedule_inputs", "owl_multiplier", "owl_spread", 
 SPEC_KEYS = {"method", "label", "family", "blocks"} | QUANT_KEYS | PRUNE_KEYS | RECIPE_KEYS | EVALUATION_KEYS | SCHEDULE_KEYS
 
 
-BLOCK_LABELS = {"full_attention": "global blocks", "sliding_attention": "sliding-window blocks"}
+_BLOCK_LABELS = {"full_attention": "global blocks", "sliding_attention": "sliding-window blocks"}
+
+
+def blocks_label(blocks) -> str:
+    """How labels name a selection of decoder blocks: "global blocks", "sliding-window blocks", "blocks 0,3"."""
+    return _BLOCK_LABELS.get(blocks, blocks) if isinstance(blocks, str) else "blocks " + ",".join(map(str, blocks))
 
 
 def _grid_label(quant: QuantSettings) -> str:
@@ -259,8 +264,7 @@ def parse_variant(spec: Mapping[str, Any], calibration: CalibrationSettings | No
 
     if blocks != "all":
         settings["blocks"] = blocks if isinstance(blocks, str) else list(blocks)
-        where = BLOCK_LABELS.get(blocks, blocks) if isinstance(blocks, str) else "blocks " + ",".join(map(str, blocks))
-        label += f" [{where}]"
+        label += f" [{blocks_label(blocks)}]"
     return Variant(spec.get("label") or label, recipe, during, settings, family=spec.get("family") or family,
                    compress=compress)
 

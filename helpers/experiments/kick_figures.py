@@ -58,10 +58,10 @@ def baseline_figure(baseline, *, title: str):
             ax.plot([row.chance], [yy], marker="|", ms=14, color="black")
     ax.set_yticks(y, shown.name, fontsize="small")
     ax.set(xlabel="dense score (accuracy; free text: ROUGE-L F1), 95% interval over examples; |: chance", xlim=(-0.02, 1.02))
+    drawn = {status if status in colors else "at the floor: untestable" for status in shown.status}
     for status, color in (*colors.items(), ("at the floor: untestable", "tab:red")):
-        if (shown.status == status).any() or (status.startswith("at the floor") and
-                                              shown.status.str.startswith("at the floor").any()):
-            ax.scatter([], [], color=color, label=status)  # only the statuses drawn
+        if status in drawn:  # only the statuses drawn
+            ax.scatter([], [], color=color, label=status)
     ax.legend(fontsize="x-small", loc="lower right")
     figure_title(fig, title)
     fig.tight_layout()

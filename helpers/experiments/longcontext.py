@@ -541,17 +541,13 @@ def protection_pairs(summary) -> tuple[list[tuple[str, str]], list[tuple[str, st
     blocks), and (magnitude, other rule) pairs of the same grid and protected fraction (LC7's comparison)."""
     from ..claims.registry import quantization_grid
 
-    grids = quantization_grid(summary)
-
-    def grid(label):
-        return grids[label]
-
-    plain = {grid(label): label for label in summary.index if summary.protected_fraction[label] == 0}
+    grid = quantization_grid(summary)
+    plain = {grid[label]: label for label in summary.index if summary.protected_fraction[label] == 0}
     protected = [label for label in summary.index if summary.protected_fraction[label] > 0]
-    versus_plain = [(label, plain[grid(label)]) for label in protected if grid(label) in plain]
+    versus_plain = [(label, plain[grid[label]]) for label in protected if grid[label] in plain]
     magnitude = [label for label in protected if summary.protection_rule[label] == "magnitude"]
     versus_rule = [(m, o) for m in magnitude for o in protected if summary.protection_rule[o] != "magnitude"
-                   and grid(o) == grid(m) and abs(summary.protected_fraction[o] - summary.protected_fraction[m]) < 1e-12]
+                   and grid[o] == grid[m] and abs(summary.protected_fraction[o] - summary.protected_fraction[m]) < 1e-12]
     return versus_plain, versus_rule
 
 

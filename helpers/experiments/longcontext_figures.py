@@ -210,10 +210,9 @@ def _seed_suffix(label: str) -> str:
 def _grid_name(bits, group_size, blocks=None) -> str:
     """"4-bit g128", "4-bit per-channel", "4-bit g128 [global blocks]" (a grid over some decoder blocks)."""
     from ..claims.registry import every_block
-    from .core import BLOCK_LABELS
+    from .core import blocks_label
 
-    where = "" if every_block(blocks) else f" [{BLOCK_LABELS.get(blocks, blocks)}]" if isinstance(blocks, str) \
-        else f" [blocks {blocks}]"
+    where = "" if every_block(blocks) else f" [{blocks_label(blocks)}]"
     return f"{bits:g}-bit " + (f"g{group_size:g}" if group_size == group_size and group_size else "per-channel") + where
 
 
@@ -239,12 +238,12 @@ def protection_bits_figure(summary, *, title: str, early: tuple[int, int], late:
             ax.errorbar(x, rows[column], yerr=[(rows[column] - rows[low]).clip(lower=0), rows[high] - rows[column]],
                         capsize=2, label=label if ax is right else None, ls=line, **style)
 
-    blocks = summary["blocks"] if "blocks" in summary else pd.Series(None, index=summary.index)
-    grids = summary.groupby([summary.bits, summary.group_size.fillna(0), blocks.fillna("all")], sort=False)
-    for (bits, group, where), grid in grids:
+    from ..claims.registry import quantization_grid
+
+    for index, (_, grid) in enumerate(summary.groupby(quantization_grid(summary), sort=False)):
         plain = grid[grid.protected_fraction == 0]
-        line = LINESTYLES[list(grids.groups).index((bits, group, where)) % len(LINESTYLES)]
-        draw(plain, x=plain.bits_per_weight, label=f"unprotected, {_grid_name(bits, group, where)}", line="none",
+        line, name = LINESTYLES[index % len(LINESTYLES)], _summary_grid_name(summary, grid.index[0])
+        draw(plain, x=plain.bits_per_weight, label=f"unprotected, {name}", line="none",
              color="black", marker="X", markersize=8)
         for rule in rules:
             protected = grid[grid.protection_rule == rule].sort_values("bits_per_weight")
@@ -254,7 +253,7 @@ def protection_bits_figure(summary, *, title: str, early: tuple[int, int], late:
             rows = pd.concat([plain, first])
             style = {"color": styles[rule]["color"], "marker": styles[rule]["marker"]}
             draw(rows, x=rows.bits_per_weight + np.array([0] * len(plain) + [dodge[rule]] * len(first)),
-                 label=f"{rule}, {_grid_name(bits, group, where)}" + (", one point a seed" if len(first) < len(protected)
+                 label=f"{rule}, {name}" + (", one point a seed" if len(first) < len(protected)
                                                                  else ""), line=line, **style)
             seeds = protected.drop(first.index)
             if len(seeds):
