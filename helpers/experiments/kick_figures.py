@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..plotting import figure_title, ratio_axis, series_styles
+from .kick import EMBEDDING_SCORING
 
 DENSE = "dense"
 
@@ -16,6 +17,9 @@ DENSE = "dense"
 def _bars(value, low, high):
     value, low, high = (np.atleast_1d(np.asarray(x, dtype=float)) for x in (value, low, high))
     return [np.clip(value - low, 0, None), np.clip(high - value, 0, None)]
+
+
+SCORING_NAMES = {"rouge/rougeL": "ROUGE-L", EMBEDDING_SCORING: "embedding cosine"}
 
 
 def _n(headline, task) -> int:
@@ -45,8 +49,9 @@ def baseline_figure(baseline, *, title: str):
     """The dense model on every task: score with its 95% interval, chance marked, colour by status."""
     import matplotlib.pyplot as plt
 
-    baseline = baseline.assign(what=baseline.task + np.where(baseline.task == "mmlu", " · " + baseline.scoring.str.replace(
-        "_micro_accuracy", ""), ""))  # MMLU is scored several ways: name the scoring
+    several = baseline.groupby("task").scoring.transform("nunique") > 1  # MMLU, free text with two judges
+    scoring = baseline.scoring.map(SCORING_NAMES).fillna(baseline.scoring.str.replace("_micro_accuracy", ""))
+    baseline = baseline.assign(what=baseline.task + np.where(several, " · " + scoring, ""))  # name the scoring
     shown = baseline.assign(name=baseline.what + " (n=" + baseline.n.astype(str) + ")")
     colors = {"above the floor": "tab:blue", "free text (no chance level)": "tab:green"}
     fig, ax = plt.subplots(figsize=(8.5, 0.42 * len(shown) + 1.4))
@@ -57,7 +62,8 @@ def baseline_figure(baseline, *, title: str):
         if not row.status.startswith("free"):
             ax.plot([row.chance], [yy], marker="|", ms=14, color="black")
     ax.set_yticks(y, shown.name, fontsize="small")
-    ax.set(xlabel="dense score (accuracy; free text: ROUGE-L F1), 95% interval over examples; |: chance", xlim=(-0.02, 1.02))
+    ax.set(xlabel="dense score (accuracy; free text: ROUGE-L F1 or embedding cosine), 95% interval over examples; "
+                  "|: chance", xlim=(-0.02, 1.02))
     drawn = {status if status in colors else "at the floor: untestable" for status in shown.status}
     for status, color in (*colors.items(), ("at the floor: untestable", "tab:red")):
         if status in drawn:  # only the statuses drawn

@@ -216,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", type=Path, default=None, help="figures and results (default build/rehearsal)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="overrides",
                         help="set a parameter in every notebook that declares it, after the cuts (e.g. "
-                             "--set \"judges=['rouge']\" where the embedding judge's package is missing)")
+                             "--set \"judges=['rouge']\" --set \"free_text_scorings=['rouge']\" where the "
+                             "embedding judge's package is missing)")
     parser.add_argument("--json", type=Path, default=None, help="also write the outcomes here as JSON")
     args = parser.parse_args(argv)
     output_dir = Path(args.output_dir or REPO_ROOT / "build" / "rehearsal").resolve()
