@@ -303,6 +303,14 @@ def test_protection_pairs_and_figures_keep_grids_over_different_blocks_apart():
     legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
     assert "unprotected, 4-bit g128 [global blocks]" in legend and "unprotected, 4-bit g128" in legend
     assert "4-bit g128 [global blocks] late/early" in finding
+    wide = summary.assign(bits_per_weight=np.where(summary.blocks.notna(), 14.0, 4.2) + 0.1 * summary.protected_fraction)
+    for frame in (summary, wide):   # two rules' points on one grid stay 3% of the bits spanned apart (at least 0.4)
+        fig, _ = protection_bits_figure(frame, title="t", early=(1, 2), late=(3, 4))
+        right = fig.axes[1]
+        protected = {bars.get_label(): bars.lines[0].get_xdata()[-1] for bars in right.containers}
+        span = max(np.ptp(frame.bits_per_weight), 0.4)
+        gap = protected["random, 4-bit g128 [global blocks]"] - protected["magnitude, 4-bit g128 [global blocks]"]
+        assert gap == pytest.approx(0.03 * span), (gap, span)
     paired = protection_paired_figure(
         pd.DataFrame({"a": [p for p, _ in versus_plain], "b": [u for _, u in versus_plain], "estimate": 1.0,
                       "low": 0.9, "high": 1.1}),
