@@ -407,3 +407,5 @@ def test_baseline_figure_names_the_scoring_of_free_text_scored_two_ways():
     fig, _ = baseline_figure(baseline, title="t")
     names = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert names == ["summarization · ROUGE-L (n=30)", "summarization · embedding cosine (n=30)", "trivia (n=300)"]
+    fig.canvas.draw()  # the legend sits beside the panel, over none of its points
+    assert fig.axes[0].get_legend().get_window_extent().x0 >= fig.axes[0].get_window_extent().x1

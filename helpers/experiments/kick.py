@@ -16,9 +16,10 @@ measurement, so perplexity and every task score sit in one table.
 Beyond raw accuracy (meaningless when a small model sits at the floor), every task also records
 how much the compressed model's answers *agree* with the dense model's on the same examples:
 exact agreement of normalized answers for short-answer tasks, ROUGE-L F1 (and, as a further scoring,
-the MiniLM embedding cosine) against the dense model's generation for free-form tasks, and for MMLU the total-variation distance between the dense and
-compressed distributions over the four answer letters. A model that changes its answers is
-measurably damaged even when both answer sets are mostly wrong.
+the MiniLM embedding cosine) against the dense model's generation for free-form tasks, and for MMLU
+the total-variation distance between the dense and compressed distributions over the four answer
+letters. A model that changes its answers is measurably damaged even when both answer sets are
+mostly wrong.
 
 The evidence is recomputed from the saved answers (`evidence_table`, `perplexity_table`): n and a
 95% interval for every score, the paired-bootstrap difference from dense on the same examples, the

@@ -62,13 +62,13 @@ def baseline_figure(baseline, *, title: str):
         if not row.status.startswith("free"):
             ax.plot([row.chance], [yy], marker="|", ms=14, color="black")
     ax.set_yticks(y, shown.name, fontsize="small")
-    ax.set(xlabel="dense score (accuracy; free text: ROUGE-L F1 or embedding cosine), 95% interval over examples; "
+    ax.set(xlabel="dense score (accuracy; free text: ROUGE-L F1 or embedding cosine)\n95% interval over examples; "
                   "|: chance", xlim=(-0.02, 1.02))
     drawn = {status if status in colors else "at the floor: untestable" for status in shown.status}
     for status, color in (*colors.items(), ("at the floor: untestable", "tab:red")):
         if status in drawn:  # only the statuses drawn
             ax.scatter([], [], color=color, label=status)
-    ax.legend(fontsize="x-small", loc="lower right")
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the panel: no point under it
     figure_title(fig, title)
     fig.tight_layout()
     above = baseline[baseline.status == "above the floor"]
