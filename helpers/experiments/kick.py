@@ -633,11 +633,10 @@ def task_roles(baseline, tasks: Sequence[KickTask], *, sweep_tasks="auto", sweep
     import numpy as np
 
     baseline = baseline.copy()
-    free_text = baseline.task.isin([t.name for t in tasks if t.task_kind.free_form])
-    baseline["status"] = np.where(free_text, "free text (no chance level)", np.where(
+    free = {t.name for t in tasks if t.task_kind.free_form}
+    baseline["status"] = np.where(baseline.task.isin(free), "free text (no chance level)", np.where(
         baseline.at_floor, "at the floor: untestable on this model", "above the floor"))
     floor = baseline.groupby("task").at_floor.all()  # MMLU: at the floor only if every scoring is
-    free = {t.name for t in tasks if t.task_kind.free_form}
     above = [t.name for t in tasks if t.name not in free and not floor.get(t.name, True)]
     margin = (baseline.score - baseline.chance).groupby(baseline.task).max()
     if sweep_tasks == "auto":
