@@ -75,6 +75,29 @@ def test_embedding_judge_ranks_a_paraphrase_above_an_unrelated_text():
     assert same == pytest.approx(1.0, abs=1e-4) and far < 0.3 < close < same
 
 
+def test_embedding_judge_encodes_each_distinct_text_once():
+    import torch
+
+    from helpers.evaluation.tasks import EmbeddingJudge
+
+    class Counting:
+        """A stand-in encoder: a text's embedding is its normalized letter histogram; counts what it encodes."""
+        encoded: list = []
+
+        def encode(self, texts, **_):
+            self.encoded.extend(texts)
+            counts = torch.tensor([[t.count(c) for c in "abcdefghijklmnopqrstuvwxyz "] for t in texts], dtype=torch.float)
+            return torch.nn.functional.normalize(counts, dim=-1)
+
+    judge = EmbeddingJudge()
+    judge._model = Counting()
+    reference = "the cat sat on the mat"
+    first = judge.similarity(["a cat", reference], [reference, reference])
+    again = judge.similarity(["a dog", "a cat"], [reference, reference])
+    assert first[1] == pytest.approx(1.0) and again[1] == pytest.approx(first[0]) and again[0] < 1.0
+    assert sorted(judge._model.encoded) == sorted(["a cat", reference, "a dog"])  # nothing encoded twice
+
+
 # --------------------------------------------------------------------------- local LM judge
 def test_local_lm_judge_records_prompt_review_and_parse(monkeypatch, tmp_path):
     model, tokenizer = load_model("tiny-llama", layers=1, seed=0, max_positions=2048)

