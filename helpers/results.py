@@ -109,6 +109,59 @@ def read_gzip_lines(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+MAX_SHARD_BYTES = 3 * 2**19  # 1.5 MiB: under the 2 MiB a tracked file may weigh (tests/test_hygiene.py)
+
+
+def shard_paths(path: str | Path) -> list[Path]:
+    """The files of a `write_gzip_shards` set, in order: <stem>.jsonl.gz, then <stem>.part2.jsonl.gz, ..."""
+    path = Path(path)
+    stem = path.name.removesuffix(".jsonl.gz")
+    parts = {int(p.name.removesuffix(".jsonl.gz").rsplit(".part", 1)[1]): p
+             for p in path.parent.glob(f"{stem}.part*.jsonl.gz")
+             if p.name.removesuffix(".jsonl.gz").rsplit(".part", 1)[1].isdigit()}
+    return [p for p in [path] if p.is_file()] + [parts[k] for k in sorted(parts)]
+
+
+def shard_base(path: str | Path) -> Path:
+    """The first file of the shard set a file belongs to (itself for <stem>.jsonl.gz)."""
+    path = Path(path)
+    name = path.name.removesuffix(".jsonl.gz")
+    head, _, number = name.rpartition(".part")
+    return path.with_name(f"{head}.jsonl.gz") if head and number.isdigit() else path
+
+
+def write_gzip_shards(path: str | Path, records: list[dict], max_bytes: int | None = None) -> int:
+    """`records` as `write_gzip_lines` files of at most `max_bytes` each (a single record larger than that stays
+    whole; default MAX_SHARD_BYTES): <stem>.jsonl.gz, and where more are needed <stem>.part2.jsonl.gz, ... in record order; the parts a
+    previous, larger set left behind are removed. Returns how many records were written."""
+    import gzip
+
+    path, max_bytes = Path(path), max_bytes or MAX_SHARD_BYTES
+    lines = [(json.dumps(record, sort_keys=True) + "\n").encode("utf-8") for record in records]
+    # sized as gzip.compress packs them; the files (write_gzip_lines) add the file name to the header
+    limit = max_bytes - 2 * len(path.name) - 64
+    count = 1
+    while True:
+        size = max(1, -(-len(lines) // count))
+        sizes = [len(gzip.compress(b"".join(lines[i:i + size]), compresslevel=9, mtime=0))
+                 for i in range(0, len(lines), size)]
+        if size == 1 or all(packed <= limit for packed in sizes):
+            break
+        count = max(count + 1, -(-count * max(sizes) // limit))
+    for stale in shard_paths(path):
+        stale.unlink()
+    stem = path.name.removesuffix(".jsonl.gz")
+    for number, start in enumerate(range(0, max(len(records), 1), size), start=1):
+        write_gzip_lines(path if number == 1 else path.with_name(f"{stem}.part{number}.jsonl.gz"),
+                         records[start:start + size])
+    return len(records)
+
+
+def read_gzip_shards(path: str | Path) -> list[dict]:
+    """The records of a `write_gzip_shards` set, in the order written."""
+    return [record for part in shard_paths(path) for record in read_gzip_lines(part)]
+
+
 DEFAULT_MODEL = "smollm2-135m"  # the offline workhorse: its runs carry no name
 
 

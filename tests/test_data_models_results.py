@@ -234,3 +234,24 @@ def test_run_suffix_names_other_models_runs_and_respects_a_given_name():
     assert run_suffix("", "google/Gemma-3-270M/") == "_gemma-3-270m"
     assert run_suffix("gemma3-16k", "gemma3-270m") == "_gemma3-16k"
     assert run_suffix("mine", "smollm2-135m") == "_mine"
+
+
+def test_gzip_shards_split_under_the_limit_and_read_back_in_order(tmp_path):
+    import random
+    from helpers.results import read_gzip_shards, shard_base, shard_paths, write_gzip_shards
+
+    rng = random.Random(0)
+    records = [{"i": i, "text": "".join(rng.choice("abcdefgh") for _ in range(200))} for i in range(300)]
+    path = tmp_path / "task.jsonl.gz"
+    assert write_gzip_shards(path, records, max_bytes=10_000) == 300
+    parts = shard_paths(path)
+    assert len(parts) > 2 and parts[0] == path and parts[1].name == "task.part2.jsonl.gz"
+    assert all(part.stat().st_size <= 10_000 for part in parts)
+    assert read_gzip_shards(path) == records                               # every record, in the order written
+    assert {shard_base(part) for part in parts} == {path}
+    # a smaller set written again leaves no stale part behind; one file when it fits
+    assert write_gzip_shards(path, records[:5], max_bytes=10_000) == 5
+    assert shard_paths(path) == [path] and read_gzip_shards(path) == records[:5]
+    # a record larger than the limit is kept whole, in a part of its own
+    assert write_gzip_shards(path, records[:3], max_bytes=100) == 3 and len(shard_paths(path)) == 3
+    assert read_gzip_shards(path) == records[:3]

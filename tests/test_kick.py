@@ -49,7 +49,7 @@ def test_generation_similarity_is_one_for_identical_text_and_lower_otherwise():
     assert generation_similarity(dense, changed) == pytest.approx(0.5)
 
 
-def test_sweep_records_every_task_beside_perplexity_and_skips_recorded_points(tmp_path):
+def test_sweep_records_every_task_beside_perplexity_and_skips_recorded_points(tmp_path, monkeypatch):
     model, tokenizer = load_model("tiny-llama", layers=2, seed=3)
     windows = evaluation_windows(tokenizer, seq_len=32, max_windows=2)
     quiet = GenerationSettings(max_new_tokens=4, progress=False)
@@ -125,6 +125,14 @@ def test_sweep_records_every_task_beside_perplexity_and_skips_recorded_points(tm
     written = freeze_records(frame, tmp_path / "records", tmp_path / "frozen")
     assert written == 3 * 2 * 2 and seed_records(tmp_path / "frozen", tmp_path / "again") == written
     assert seed_records(tmp_path / "frozen", tmp_path / "again") == 0
+    # frozen in parts (a task's records over the size limit) they seed the same records
+    import helpers.results
+    monkeypatch.setattr(helpers.results, "MAX_SHARD_BYTES", 300)
+    assert freeze_records(frame, tmp_path / "records", tmp_path / "parts") == written
+    assert len(list((tmp_path / "parts").glob("kv.part*.jsonl.gz"))) >= 1
+    assert seed_records(tmp_path / "parts", tmp_path / "again from parts") == written
+    assert sorted((tmp_path / "again from parts" / "kv.jsonl").read_text().splitlines()) == \
+        sorted((tmp_path / "again" / "kv.jsonl").read_text().splitlines())
     assert not any("prompt" in json.loads(line) for line in (tmp_path / "again" / "kv.jsonl").read_text().splitlines())
     # the example's fields are frozen once, in the dense record, and restored on seeding
     from helpers.results import read_gzip_lines

@@ -44,7 +44,7 @@ from ..evaluation.metrics import DenseReference, evaluate
 from ..evaluation.uncertainty import paired_bootstrap, score_summary
 from ..evaluation.tasks import TASK_KINDS, TaskKind, normalize_answer, read_records, task_kind
 from ..evaluation.tasks.records import TaskResult
-from ..results import ResultsTable, append_lines, read_gzip_lines, write_gzip_lines
+from ..results import ResultsTable, append_lines, read_gzip_shards, shard_base, write_gzip_shards
 from .core import DENSE_LABEL, Measurement, ModelSnapshot, Point, Runner, Variant, latest_frame
 
 
@@ -788,8 +788,9 @@ def restore_records(records: Sequence[dict], dense_records: Sequence[dict] = ())
 
 def freeze_records(frame, records_dir: str | Path, dest: str | Path) -> int:
     """Write the task records behind `frame`'s scores (the attempts its score rows name), lean (`lean_records`: no
-    prompts, the example's fields once), to <dest>/<task>.jsonl.gz, beside a committed run's frozen rows, so
-    `evidence_table` and `task_frame` can be recomputed elsewhere (`seed_records`). Returns the number written."""
+    prompts, the example's fields once), to <dest>/<task>.jsonl.gz (in parts of at most 1.5 MiB where needed,
+    `write_gzip_shards`, under the tracked-file limit), beside a committed run's frozen rows, so `evidence_table`
+    and `task_frame` can be recomputed elsewhere (`seed_records`). Returns the number written."""
     wanted = set(zip(frame[frame.metric == "score"].label, frame[frame.metric == "score"].attempt))
     count = 0
     for path in sorted(Path(records_dir).glob("*.jsonl")):
@@ -797,7 +798,7 @@ def freeze_records(frame, records_dir: str | Path, dest: str | Path) -> int:
             continue
         kept = lean_records([r for r in read_records(path) if (r.get("label"), r.get("attempt")) in wanted])
         if kept:
-            count += write_gzip_lines(Path(dest) / f"{path.stem}.jsonl.gz", kept)
+            count += write_gzip_shards(Path(dest) / f"{path.stem}.jsonl.gz", kept)
     return count
 
 
@@ -808,11 +809,11 @@ def seed_records(source: str | Path, records_dir: str | Path) -> int:
     records_dir.mkdir(parents=True, exist_ok=True)
     identity = lambda record: (record.get("label"), record.get("attempt"), record.get("index"))  # noqa: E731
     added = 0
-    for path in sorted(Path(source).glob("*.jsonl.gz")):
+    for path in sorted({shard_base(part) for part in Path(source).glob("*.jsonl.gz")}):
         target = records_dir / path.name.removesuffix(".gz")
         present = list(read_records(target)) if target.exists() else []
         held = {identity(r) for r in present}
-        new = [record for record in restore_records(list(read_gzip_lines(path)), present)
+        new = [record for record in restore_records(read_gzip_shards(path), present)
                if identity(record) not in held]
         if new:
             append_lines(target, new)

@@ -125,20 +125,21 @@ PROFILES: dict[str, dict[str, dict]] = {
         "cpu": {},
         # the knowledge tasks on the second model: Gemma-3-270M (base), where SmolLM2 sits at the floor: TriviaQA
         # closed book on all 3,000 questions at every working point (KI1, KI2, KI8), FreebaseQA 1,000 dense only, NQ
-        # open book and key-value retrieval at Wanda 30% / 50% and RTN 8-bit (KI5 on a base model). The sweep: 25 /
-        # 30 / 50% for the three pruners (KI1's 25-30%), 2:4 and 1:4 for Wanda and SparseGPT (1:4 beside unstructured
-        # 25%: KI2 where N:M still works; 2:4 at 50% is likely collapsed on this model, as on SmolLM2, 4.8-7.3x),
-        # RTN / GPTQ 8-bit and GPTQ 4-bit: 16 points. working_only: a point beyond 3x dense perplexity skips its
-        # tasks (no verdict reads them). Sized from benchmarks/kick_task_costs.py --batch-sizes (float32, 2 cores):
-        # 0.178 s per TriviaQA answer in batches of 32 (1.94x batch 8's, identical answers), so 534 s per point, + 8
-        # WikiText-2 windows (~70 s) + compression (~60 s): ~11 min per working point, ~2.5 min per collapsed one;
-        # with ~12 working points, the dense pass on every task (~17 min) and 3 focus points (~4 min each): ~2.9 h,
-        # resumable. 10% and 20% are left out for the budget (nothing moved up to 20% on SmolLM2; uniform SparseGPT
-        # 20% is 1.07x dense perplexity on this model, notebook 04), as are 4:8 and the calibration ablation (KI6
-        # rests on SmolLM2's 5 seeds). MMLU (1,000 questions, 0-shot, letter and cloze log-likelihood) on the dense
-        # model only: where the base model stands against chance (SmolLM2's letter scoring is at chance), not swept.
-        "long": {"model": "gemma3-270m", "run_name": "gemma3", "eval_windows": 8, "sparsities": [0.25, 0.3, 0.5],
-                 "nm_patterns": ["2:4", "1:4"], "seed_repeats": [], "working_only": True,
+        # open book and key-value retrieval at Wanda 30% / 50% and RTN 8-bit (KI5 on a base model). The sweep: 10 /
+        # 20 / 25 / 30 / 50% for the three pruners (KI1's 10-30%), 2:4, 4:8 and 1:4 for Wanda and SparseGPT (1:4
+        # beside unstructured 25%: KI2 where N:M still works; 2:4 and 4:8 beside unstructured 50%, where they may be
+        # collapsed on this model, as on SmolLM2, 4.8-7.3x), RTN / GPTQ 8-bit and GPTQ 4-bit: 24 points. working_only:
+        # a point beyond 3x dense perplexity skips its tasks (no verdict reads them). Sized from
+        # benchmarks/kick_task_costs.py --batch-sizes (float32, 2 cores): 0.178 s per TriviaQA answer in batches of
+        # 32 (1.94x batch 8's, identical answers), so 534 s per point, + 8 WikiText-2 windows (~70 s) + compression
+        # (~60 s): ~11 min per working point, ~2.5 min per collapsed one; with ~18 working points, the dense pass on
+        # every task (~17 min) and 3 focus points (~4 min each): ~4 h over two sessions, resumable (the first 16
+        # points in one, 10%, 20% and 4:8 added in the next). The calibration ablation is left out (KI6 rests on
+        # SmolLM2's 5 seeds). MMLU (1,000 questions, 0-shot, letter and cloze log-likelihood) on the dense model
+        # only: where the base model stands against chance (SmolLM2's letter scoring is at chance), not swept.
+        "long": {"model": "gemma3-270m", "run_name": "gemma3", "eval_windows": 8,
+                 "sparsities": [0.1, 0.2, 0.25, 0.3, 0.5], "nm_patterns": ["2:4", "4:8", "1:4"], "seed_repeats": [],
+                 "working_only": True,
                  "task_counts": {"mmlu_examples": 1000, "freebaseqa_examples": 1000, "triviaqa_examples": 3000,
                                  "nq_closed_examples": 0, "nq_open_examples": 300, "kv_examples": 100,
                                  "summarization_examples": 0, "instruction_examples": 0},
