@@ -606,6 +606,30 @@ def test_ki6_calibration_sensitivity_difference():
     # rows without KL (older runs) are judged on NLL alone
     assert [p.name for p in decide("KI6", frame(0.3, 0.01).drop(columns="kl")).points] == ["sparsegpt vs wanda, NLL"]
 
+    # a task's answers at the same points: one more measure, per question (the loss dense - score, mean over seeds)
+    def with_task(windows, sparsegpt_drop, wanda_drop, dense=0.5, n=60):
+        rng = np.random.default_rng(1)
+        dense_scores = (rng.random(n) < dense).astype(float)
+        rows = []
+        for method, drop in (("sparsegpt", sparsegpt_drop), ("wanda", wanda_drop)):
+            for samples, lost in ((4, drop), (128, 0.0)):
+                for seed in (0, 1):
+                    kept = np.where(rng.random(n) < lost, 0.0, dense_scores)  # a right answer lost with prob `lost`
+                    rows += [{"label": f"{method} {samples}", "method": method, "calibration_samples": samples,
+                              "seed": seed, "task": "qa", "example": i, "task_loss": dense_scores[i] - kept[i],
+                              "dense_score": dense_scores[i], "chance": 0.0, "ppl_ratio": 1.3} for i in range(n)]
+        return pd.concat([windows, pd.DataFrame(rows)], ignore_index=True)
+    tasked = decide("KI6", with_task(frame(0.3, 0.01), 0.6, 0.0))
+    assert tasked.verdict == R and [p.name for p in tasked.points][-1] == "sparsegpt vs wanda, qa loss"
+    assert tasked.points[-1].interval.n == 60 and "questions" in tasked.points[-1].interval.name
+    assert [p.name for p in tasked.points][:2] == ["sparsegpt vs wanda, NLL", "sparsegpt vs wanda, KL"]  # window rows
+    reversed_task = decide("KI6", with_task(frame(0.3, 0.01), 0.0, 0.6))                 # the task says the opposite
+    assert reversed_task.verdict not in (R, U) and reversed_task.points[-1].verdict.verdict == NR
+    assert decide("KI6", with_task(frame(0.01, 0.3), 0.0, 0.6)).verdict == NR
+    floored = decide("KI6", with_task(frame(0.3, 0.01), 0.6, 0.0, dense=0.0))
+    assert floored.points[-1].verdict.verdict == U and "floor" in floored.points[-1].verdict.why
+    assert floored.verdict == R                                 # judged on the window measures alone
+
 
 def test_noise_gate_and_precision_choice():
     from helpers.claims import rules

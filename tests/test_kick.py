@@ -417,3 +417,24 @@ def test_baseline_figure_names_the_scoring_of_free_text_scored_two_ways():
     assert names == ["summarization · ROUGE-L (n=30)", "summarization · embedding cosine (n=30)", "trivia (n=300)"]
     fig.canvas.draw()  # the legend sits beside the panel, over none of its points
     assert fig.axes[0].get_legend().get_window_extent().x0 >= fig.axes[0].get_window_extent().x1
+
+
+def test_calibration_figure_draws_a_task_panel_only_where_the_frame_has_task_rows():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from helpers.experiments.kick_figures import calibration_figure
+
+    windows = pd.DataFrame([{"label": f"{m} {c} {s}", "method": m, "calibration_samples": c, "seed": s, "sparsity": 0.3,
+                             "window": w, "nll": 3.0 + (0.2 if c == 8 else 0.0), "kl": 0.5, "ppl_ratio": 1.2}
+                            for m in ("wanda", "sparsegpt") for c in (8, 128) for s in (0, 1) for w in range(5)])
+    fig, finding = calibration_figure(windows, title="t")           # a committed frame of an older run: no task column
+    assert len(fig.axes) == 2 and "nq" not in finding
+    plt.close(fig)
+    tasks = pd.DataFrame([{"label": f"{m} {c} {s}", "method": m, "calibration_samples": c, "seed": s, "sparsity": 0.3,
+                           "task": "nq", "example": i, "task_loss": 1.0 if (c == 8 and i < 2) else 0.0,
+                           "dense_score": 1.0, "chance": 0.0, "ppl_ratio": 1.2}
+                          for m in ("wanda", "sparsegpt") for c in (8, 128) for s in (0, 1) for i in range(10)])
+    fig, finding = calibration_figure(pd.concat([windows, tasks], ignore_index=True), title="t")
+    assert len(fig.axes) == 3 and "nq score (mean of 10 questions)" in fig.axes[2].get_ylabel()
+    assert "nq 0.800 -> 1.000" in finding                          # score = dense - loss, fewest -> most sequences
+    plt.close(fig)

@@ -718,33 +718,47 @@ def decide_ki6(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
     """KI6, SparseGPT needs calibration samples, Wanda much less. Frame "calibration": label, method
     ("sparsegpt", "wanda"), calibration_samples, seed, window, nll (mean token NLL of the window, nats),
     ppl_ratio, optionally kl (mean token KL(dense || point) of the window, nats) and sparsity (one point per
-    sparsity). Per measure (NLL, and KL where every row has it), per method, per window (mean over seeds):
-    the measure with the fewest samples - with the most; SparseGPT's loss minus Wanda's, above 0 (direction),
-    for every measure ("all"). The perplexity gate reads the best-calibrated points."""
+    sparsity); optionally task rows (`kick.calibration_frame`: task, example, task_loss = dense score - score,
+    dense_score, chance; window nan). Per measure (NLL, KL where every window row has it, each task's loss), per
+    method, per window or question (mean over seeds): the measure with the fewest samples - with the most;
+    SparseGPT's loss minus Wanda's, above 0 (direction), for every measure ("all"); a task whose dense score
+    sits at its floor is untestable. The perplexity gate reads the best-calibrated points."""
     _require(frame, ("label", "method", "calibration_samples", "seed", "window", "nll", "ppl_ratio"), claim)
-    measures = ["nll"] + (["kl"] if "kl" in frame.columns and frame["kl"].notna().all() else [])
-    groups = frame.groupby("sparsity", sort=False) if "sparsity" in frame.columns else [(None, frame)]
-    points = [_calibration_point(claim, group, measure, f"sparsegpt vs wanda, {measure.upper()}"
-                                 + (f" at {sparsity:g}" if sparsity is not None else ""))
+    has_tasks = "task" in frame.columns and frame["task"].notna().any()
+    windows = frame[frame["task"].isna()] if "task" in frame.columns else frame
+    measures = ["nll"] + (["kl"] if "kl" in windows.columns and windows["kl"].notna().all() else [])
+    at = lambda sparsity: f" at {sparsity:g}" if sparsity is not None and sparsity == sparsity else ""  # noqa: E731
+    groups = windows.groupby("sparsity", sort=False) if "sparsity" in windows.columns else [(None, windows)]
+    points = [_calibration_point(claim, group, measure, f"sparsegpt vs wanda, {measure.upper()}{at(sparsity)}")
               for sparsity, group in groups for measure in measures]
+    if has_tasks:
+        _require(frame, ("task", "example", "task_loss", "dense_score", "chance"), claim)
+        tasks = frame[frame["task"].notna()].assign(**({} if "sparsity" in frame.columns else {"sparsity": None}))
+        for (sparsity, task), group in tasks.groupby(["sparsity", "task"], sort=False, dropna=False):
+            name = f"sparsegpt vs wanda, {task} loss{at(sparsity)}"
+            if _floor(group.drop_duplicates("example")):
+                points.append(_skipped(name, "dense score at the task's floor", _ratio(group)))
+                continue
+            points.append(_calibration_point(claim, group, "task_loss", name, unit="questions", by="example"))
     return _decide(claim, points, frame, regime)
 
 
-def _calibration_point(claim: Claim, group, measure: str, name: str) -> Point:
-    """KI6's point for one sparsity and measure: per window (mean over seeds), the measure with the fewest
-    calibration samples minus with the most, SparseGPT's minus Wanda's."""
+def _calibration_point(claim: Claim, group, measure: str, name: str, *, unit: str | None = None,
+                       by: str = "window") -> Point:
+    """KI6's point for one sparsity and measure: per window (or per `by`: a task's questions; mean over seeds),
+    the measure with the fewest calibration samples minus with the most, SparseGPT's minus Wanda's."""
     losses, ratios = {}, []
     for method in ("sparsegpt", "wanda"):
         rows = group[group["method"] == method]
         if rows["calibration_samples"].nunique() < 2:
             return _skipped(name, "needs sparsegpt and wanda at two or more calibration sizes")
         few, many = rows["calibration_samples"].min(), rows["calibration_samples"].max()
-        mean = rows.groupby(["calibration_samples", "window"])[measure].mean()
+        mean = rows.groupby(["calibration_samples", by])[measure].mean()
         losses[method] = mean[few] - mean[many]
         ratios.append(_ratio(rows[rows["calibration_samples"] == many]))
     shared = losses["sparsegpt"].index.intersection(losses["wanda"].index)
     difference = losses["sparsegpt"][shared].to_numpy() - losses["wanda"][shared].to_numpy()
-    return _point(claim, name, rules.mean_interval(difference, unit=claim.unit), ratios)
+    return _point(claim, name, rules.mean_interval(difference, unit=unit or claim.unit), ratios)
 
 
 def decide_ki7(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
@@ -955,7 +969,8 @@ def _claims() -> dict[str, Claim]:
                                "retrieval / summarization tasks"), **task),
         Claim("KI6", ki, "SparseGPT needs calibration samples, Wanda much less", "calibration-size ablation",
               "direction", None, unit="windows", min_n=rules.MIN_UNITS, claimed_effect=None, frame="calibration",
-              variants_needed=("sparsegpt and wanda at >= 2 calibration sizes", "per-window NLL")),
+              variants_needed=("sparsegpt and wanda at >= 2 calibration sizes", "per-window NLL",
+                               "optionally a task above its floor at those points")),
         Claim("KI7", ki, "perplexity hides task damage", "points of matched perplexity", "superiority", None,
               claimed_effect=TASK_EFFECT, side="two-sided", aggregation="holm-any",
               variants_needed=("two variants within 1.1x perplexity", "task scores per example"), **task),

@@ -732,10 +732,12 @@ def task_frame(frame, tasks: Sequence[KickTask], records_dir: str | Path, points
                     on="label")
 
 
-def calibration_frame(frame, points, *, sparsity: float):
+def calibration_frame(frame, points, *, sparsity: float, task_scores=None):
     """The claims board's "calibration" frame (KI6): per unstructured Wanda / SparseGPT point at `sparsity`
     and per window: label, method, calibration_samples, seed, sparsity, window, nll (mean token NLL), kl (mean
-    token KL(dense || point), nats; nan where no row measured it against the dense reference: `kl_rows`), ppl_ratio."""
+    token KL(dense || point), nats; nan where no row measured it against the dense reference: `kl_rows`), ppl_ratio.
+    With `task_scores` (a `task_frame` of these points), also one row per (point, task, example): task, example,
+    task_loss (dense score - score), dense_score, chance; their window, nll and kl are nan."""
     import pandas as pd
 
     rows = frame[(frame.metric == "perplexity") & frame.label.isin(points.index)]
@@ -752,6 +754,16 @@ def calibration_frame(frame, points, *, sparsity: float):
             out.append(pd.DataFrame({"label": label, "method": p.method, "calibration_samples": p.calibration_samples,
                                      "seed": p.calibration_seed, "sparsity": sparsity, "window": range(len(nll)),
                                      "nll": nll, "kl": kl, "ppl_ratio": p.perplexity_ratio}))
+    if task_scores is not None and len(task_scores):
+        scored = task_scores[task_scores.label.isin(chosen.index)]
+        for label, group in scored.groupby("label", sort=False):
+            p = chosen.loc[label]
+            out.append(pd.DataFrame({"label": label, "method": p.method, "calibration_samples": p.calibration_samples,
+                                     "seed": p.calibration_seed, "sparsity": sparsity, "task": group.task.to_numpy(),
+                                     "example": group.example.to_numpy(),
+                                     "task_loss": (group.dense_score - group.score).to_numpy(float),
+                                     "dense_score": group.dense_score.to_numpy(float), "chance": group.chance.to_numpy(),
+                                     "ppl_ratio": p.perplexity_ratio}))
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 

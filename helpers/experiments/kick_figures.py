@@ -210,15 +210,23 @@ def storage_figure(points, headline, tasks, *, title: str):
 
 def calibration_figure(calibration, *, title: str):
     """WikiText-2 perplexity and mean KL(dense || point) per calibration count (from the "calibration" frame's
-    per-window NLL and KL; KL's panel only where the frame has it): each seed a dot, the seeds' mean a line, one
-    colour per method."""
+    per-window NLL and KL; KL's panel only where the frame has it), and each task's score where the frame has
+    task rows (`kick.calibration_frame`): each seed a dot, the seeds' mean a line, one colour per method."""
     import matplotlib.pyplot as plt
 
-    measures = {"nll": "mean"} | ({"kl": "mean"} if "kl" in calibration and calibration.kl.notna().all() else {})
-    per_run = calibration.groupby(["method", "calibration_samples", "seed"]).agg(measures).reset_index()
+    has_tasks = "task" in calibration
+    tasked = calibration[calibration.task.notna()] if has_tasks else calibration.iloc[:0].assign(task=[])
+    windows = calibration[calibration.task.isna()] if has_tasks else calibration
+    measures = {"nll": "mean"} | ({"kl": "mean"} if "kl" in windows and windows.kl.notna().all() else {})
+    per_run = windows.groupby(["method", "calibration_samples", "seed"]).agg(measures).reset_index()
     per_run["perplexity"] = np.exp(per_run.nll)
     panels = [("perplexity", "WikiText-2 perplexity")] + ([("kl", "mean KL(dense || pruned), nats per token")]
                                                         if "kl" in measures else [])
+    for task, rows in tasked.groupby("task", sort=False):
+        scores = rows.assign(**{task: rows.dense_score - rows.task_loss}).groupby(
+            ["method", "calibration_samples", "seed"])[task].mean()
+        per_run = per_run.merge(scores.reset_index(), on=["method", "calibration_samples", "seed"], how="left")
+        panels.append((task, f"{task} score (mean of {rows.example.nunique()} questions)"))
     styles = series_styles(list(dict.fromkeys(per_run.method)))
     fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.2), squeeze=False)
     counts = sorted(per_run.calibration_samples.unique())
@@ -239,6 +247,7 @@ def calibration_figure(calibration, *, title: str):
     finding = f"Mean over {seeds} calibration seeds, fewest -> most sequences: " + "; ".join(
         f"{m} perplexity {rows.perplexity.iloc[0]:.1f} at {rows.index[0][1]:g} -> {rows.perplexity.iloc[-1]:.1f} at "
         f"{rows.index[-1][1]:g}" + (f", KL {rows.kl.iloc[0]:.3f} -> {rows.kl.iloc[-1]:.3f} nats" if "kl" in rows else "")
+        + "".join(f", {task} {rows[task].iloc[0]:.3f} -> {rows[task].iloc[-1]:.3f}" for task in tasked.task.unique())
         for m, rows in means.groupby(level=0, sort=False)) + "."
     return fig, finding
 

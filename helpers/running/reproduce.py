@@ -119,7 +119,7 @@ PROFILES: dict[str, dict[str, dict]] = {
                  "focus_tasks": ["kv_retrieval", "summarization", "instruction_following"],
                  "focus_points": [{"method": "rtn", "bits": 8}, {"method": "wanda", "sparsity": 0.5}],
                  "calibration_samples": 2, "calibration_seq_len": 32, "ablation_samples": [2, 4],
-                 "ablation_seeds": [0, 1]},
+                 "ablation_seeds": [0, 1], "ablation_tasks": {"nq_open_book": 0.3}},
         # cpu: the notebook's defaults (SmolLM2: the dense model on every task at full size, the sweep on the
         # tasks clearly above the floor, the focus tasks at the damage-matched and the nominal 50% and RTN 8-bit)
         "cpu": {},
