@@ -201,7 +201,9 @@ PROFILES: dict[str, dict[str, dict]] = {
         # The check at Gemma-3's native 32,768 tokens (the paper's longest context): 5 windows, 4-bit g128 on every
         # block and Wanda 30% (the damage-matched pruning point), so LC1-LC3 rest on >= 5 windows there too.
         # Estimated from the 16K measurements (full-attention blocks quadratic, the rest linear): ~250 s a dense
-        # window and ~400 s a compressed one (forward ~115 s, head + KL ~280 s): ~1.5 h.
+        # window and ~400 s a compressed one (forward ~115 s, head + KL ~280 s): ~1.5 h. Measured (float32, 2
+        # cores): the dense pass ~250 s a window (cached, 84 MB a window), RTN 4-bit g128 2,053 s for the 5
+        # windows (411 s a window): ~1.4 h with Wanda 30%.
         "long32k": {"model": "gemma3-270m", "max_context": 32768, "n_windows": 5, "smallest_context": 64,
                     "methods": [{"method": "rtn", "bits": 4, "group_size": 128}, {"method": "wanda", "sparsity": 0.3}],
                     "activation_methods": [],
