@@ -87,17 +87,26 @@ def append_lines(path: str | Path, records: list[dict]) -> None:
         handle.flush()
 
 
-def write_gzip_lines(path: str | Path, records: list[dict]) -> int:
-    """`records` as a gzip-compressed JSON-lines file (keys sorted: the form committed beside a run); returns
-    how many were written. The gzip header's time is 0, so the same records give the same bytes and re-executing
-    a committed run leaves its files unchanged in git."""
+def _gzip_bytes(name: str, records: list[dict]) -> bytes:
+    """`records` as the gzip-compressed JSON-lines file `name` holds them (keys sorted, level 9, the name in the
+    header and its time 0: the same records give the same bytes, so re-executing a committed run leaves its files
+    unchanged in git)."""
     import gzip
     import io
 
+    buffer = io.BytesIO()
+    with gzip.GzipFile(filename=name, mode="wb", fileobj=buffer, compresslevel=9, mtime=0) as raw, \
+            io.TextIOWrapper(raw, encoding="utf-8") as handle:
+        handle.writelines(json.dumps(record, sort_keys=True) + "\n" for record in records)
+    return buffer.getvalue()  # GzipFile leaves a file object it was given open
+
+
+def write_gzip_lines(path: str | Path, records: list[dict]) -> int:
+    """`records` as a gzip-compressed JSON-lines file (the form committed beside a run, `_gzip_bytes`); returns
+    how many were written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.GzipFile(path, "wb", compresslevel=9, mtime=0) as raw, io.TextIOWrapper(raw, encoding="utf-8") as handle:
-        handle.writelines(json.dumps(record, sort_keys=True) + "\n" for record in records)
+    path.write_bytes(_gzip_bytes(path.name, records))
     return len(records)
 
 
@@ -112,48 +121,52 @@ def read_gzip_lines(path: str | Path) -> list[dict]:
 MAX_SHARD_BYTES = 3 * 2**19  # 1.5 MiB: under the 2 MiB a tracked file may weigh (tests/test_hygiene.py)
 
 
-def shard_paths(path: str | Path) -> list[Path]:
-    """The files of a `write_gzip_shards` set, in order: <stem>.jsonl.gz, then <stem>.part2.jsonl.gz, ..."""
-    path = Path(path)
-    stem = path.name.removesuffix(".jsonl.gz")
-    parts = {int(p.name.removesuffix(".jsonl.gz").rsplit(".part", 1)[1]): p
-             for p in path.parent.glob(f"{stem}.part*.jsonl.gz")
-             if p.name.removesuffix(".jsonl.gz").rsplit(".part", 1)[1].isdigit()}
-    return [p for p in [path] if p.is_file()] + [parts[k] for k in sorted(parts)]
+def _shard_number(path: Path) -> int | None:
+    """1 for <stem>.jsonl.gz, n for <stem>.part<n>.jsonl.gz, None for a name of neither form."""
+    name = path.name.removesuffix(".jsonl.gz")
+    if name == path.name:
+        return None
+    head, _, number = name.rpartition(".part")
+    return int(number) if head and number.isdigit() else 1
 
 
 def shard_base(path: str | Path) -> Path:
     """The first file of the shard set a file belongs to (itself for <stem>.jsonl.gz)."""
     path = Path(path)
-    name = path.name.removesuffix(".jsonl.gz")
-    head, _, number = name.rpartition(".part")
-    return path.with_name(f"{head}.jsonl.gz") if head and number.isdigit() else path
+    return path if _shard_number(path) in (1, None) else path.with_name(
+        path.name.removesuffix(".jsonl.gz").rpartition(".part")[0] + ".jsonl.gz")
+
+
+def _shard_path(path: Path, number: int) -> Path:
+    return path if number == 1 else path.with_name(f"{path.name.removesuffix('.jsonl.gz')}.part{number}.jsonl.gz")
+
+
+def shard_paths(path: str | Path) -> list[Path]:
+    """The files of a `write_gzip_shards` set, in order: <stem>.jsonl.gz, then <stem>.part2.jsonl.gz, ..."""
+    path = Path(path)
+    parts = [p for p in path.parent.glob(path.name.removesuffix(".jsonl.gz") + ".part*.jsonl.gz")
+             if shard_base(p) == path]
+    return [p for p in [path] if p.is_file()] + sorted(parts, key=_shard_number)
 
 
 def write_gzip_shards(path: str | Path, records: list[dict], max_bytes: int | None = None) -> int:
-    """`records` as `write_gzip_lines` files of at most `max_bytes` each (a single record larger than that stays
-    whole; default MAX_SHARD_BYTES): <stem>.jsonl.gz, and where more are needed <stem>.part2.jsonl.gz, ... in record order; the parts a
-    previous, larger set left behind are removed. Returns how many records were written."""
-    import gzip
-
-    path, max_bytes = Path(path), max_bytes or MAX_SHARD_BYTES
-    lines = [(json.dumps(record, sort_keys=True) + "\n").encode("utf-8") for record in records]
-    # sized as gzip.compress packs them; the files (write_gzip_lines) add the file name to the header
-    limit = max_bytes - 2 * len(path.name) - 64
-    count = 1
+    """`records` as `write_gzip_lines` files of at most `max_bytes` each (default MAX_SHARD_BYTES; a single
+    record larger than that stays whole): <stem>.jsonl.gz, and where more are needed <stem>.part2.jsonl.gz, ...
+    in record order, each compressed once; the parts a previous, larger set left behind are removed. Returns how
+    many records were written."""
+    path, max_bytes, count = Path(path), max_bytes or MAX_SHARD_BYTES, 1
     while True:
-        size = max(1, -(-len(lines) // count))
-        sizes = [len(gzip.compress(b"".join(lines[i:i + size]), compresslevel=9, mtime=0))
-                 for i in range(0, len(lines), size)]
-        if size == 1 or all(packed <= limit for packed in sizes):
+        size = max(1, -(-len(records) // count))
+        packed = [_gzip_bytes(_shard_path(path, number).name, records[start:start + size])
+                  for number, start in enumerate(range(0, max(len(records), 1), size), start=1)]
+        if size == 1 or all(len(data) <= max_bytes for data in packed):
             break
-        count = max(count + 1, -(-count * max(sizes) // limit))
+        count = max(count + 1, -(-count * max(map(len, packed)) // max_bytes))
     for stale in shard_paths(path):
         stale.unlink()
-    stem = path.name.removesuffix(".jsonl.gz")
-    for number, start in enumerate(range(0, max(len(records), 1), size), start=1):
-        write_gzip_lines(path if number == 1 else path.with_name(f"{stem}.part{number}.jsonl.gz"),
-                         records[start:start + size])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for number, data in enumerate(packed, start=1):
+        _shard_path(path, number).write_bytes(data)
     return len(records)
 
 

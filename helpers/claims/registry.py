@@ -724,22 +724,19 @@ def decide_ki6(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
     SparseGPT's loss minus Wanda's, above 0 (direction), for every measure ("all"); a task whose dense score
     sits at its floor is untestable. The perplexity gate reads the best-calibrated points."""
     _require(frame, ("label", "method", "calibration_samples", "seed", "window", "nll", "ppl_ratio"), claim)
-    has_tasks = "task" in frame.columns and frame["task"].notna().any()
-    windows = frame[frame["task"].isna()] if "task" in frame.columns else frame
+    rows = frame.reindex(columns=[*frame.columns, *{"sparsity", "task"} - set(frame.columns)])  # older frames lack them
+    windows, tasks = rows[rows["task"].isna()], rows[rows["task"].notna()]
     measures = ["nll"] + (["kl"] if "kl" in windows.columns and windows["kl"].notna().all() else [])
-    at = lambda sparsity: f" at {sparsity:g}" if sparsity is not None and sparsity == sparsity else ""  # noqa: E731
-    groups = windows.groupby("sparsity", sort=False) if "sparsity" in windows.columns else [(None, windows)]
+    at = lambda sparsity: "" if math.isnan(sparsity) else f" at {sparsity:g}"  # noqa: E731
     points = [_calibration_point(claim, group, measure, f"sparsegpt vs wanda, {measure.upper()}{at(sparsity)}")
-              for sparsity, group in groups for measure in measures]
-    if has_tasks:
-        _require(frame, ("task", "example", "task_loss", "dense_score", "chance"), claim)
-        tasks = frame[frame["task"].notna()].assign(**({} if "sparsity" in frame.columns else {"sparsity": None}))
-        for (sparsity, task), group in tasks.groupby(["sparsity", "task"], sort=False, dropna=False):
-            name = f"sparsegpt vs wanda, {task} loss{at(sparsity)}"
-            if _floor(group.drop_duplicates("example")):
-                points.append(_skipped(name, "dense score at the task's floor", _ratio(group)))
-                continue
-            points.append(_calibration_point(claim, group, "task_loss", name, unit="questions", by="example"))
+              for sparsity, group in windows.groupby("sparsity", sort=False, dropna=False) for measure in measures]
+    if len(tasks):
+        _require(frame, ("example", "task_loss", "dense_score", "chance"), claim)
+    for (sparsity, task), group in tasks.groupby(["sparsity", "task"], sort=False, dropna=False):
+        name = f"sparsegpt vs wanda, {task} loss{at(sparsity)}"
+        points.append(_skipped(name, "dense score at the task's floor", _ratio(group))
+                      if _floor(group.drop_duplicates("example"))
+                      else _calibration_point(claim, group, "task_loss", name, unit="questions", by="example"))
     return _decide(claim, points, frame, regime)
 
 

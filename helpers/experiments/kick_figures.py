@@ -214,9 +214,8 @@ def calibration_figure(calibration, *, title: str):
     task rows (`kick.calibration_frame`): each seed a dot, the seeds' mean a line, one colour per method."""
     import matplotlib.pyplot as plt
 
-    has_tasks = "task" in calibration
-    tasked = calibration[calibration.task.notna()] if has_tasks else calibration.iloc[:0].assign(task=[])
-    windows = calibration[calibration.task.isna()] if has_tasks else calibration
+    calibration = calibration.reindex(columns=[*calibration.columns, *{"task"} - set(calibration.columns)])
+    windows, tasked = calibration[calibration.task.isna()], calibration[calibration.task.notna()]
     measures = {"nll": "mean"} | ({"kl": "mean"} if "kl" in windows and windows.kl.notna().all() else {})
     per_run = windows.groupby(["method", "calibration_samples", "seed"]).agg(measures).reset_index()
     per_run["perplexity"] = np.exp(per_run.nll)
