@@ -435,6 +435,9 @@ def test_calibration_figure_draws_a_task_panel_only_where_the_frame_has_task_row
                            "dense_score": 1.0, "chance": 0.0, "ppl_ratio": 1.2}
                           for m in ("wanda", "sparsegpt") for c in (8, 128) for s in (0, 1) for i in range(10)])
     fig, finding = calibration_figure(pd.concat([windows, tasks], ignore_index=True), title="t")
-    assert len(fig.axes) == 3 and "nq score (mean of 10 questions)" in fig.axes[2].get_ylabel()
+    assert len(fig.axes) == 3 and fig.axes[2].get_ylabel() == "nq score\n(mean of 10 questions)"
     assert "nq 0.800 -> 1.000" in finding                          # score = dense - loss, fewest -> most sequences
+    lines = fig.axes[2].get_lines()                                  # the two methods' means, set apart along x
+    assert len(lines) == 2 and all(a != b for a, b in zip(lines[0].get_xdata(), lines[1].get_xdata()))
+    assert sorted(x for line in lines for x in line.get_xdata())[::2] == pytest.approx([8, 128], rel=0.1)
     plt.close(fig)

@@ -219,28 +219,31 @@ def calibration_figure(calibration, *, title: str):
     measures = {"nll": "mean"} | ({"kl": "mean"} if "kl" in windows and windows.kl.notna().all() else {})
     per_run = windows.groupby(["method", "calibration_samples", "seed"]).agg(measures).reset_index()
     per_run["perplexity"] = np.exp(per_run.nll)
-    panels = [("perplexity", "WikiText-2 perplexity")] + ([("kl", "mean KL(dense || pruned), nats per token")]
+    panels = [("perplexity", "WikiText-2 perplexity")] + ([("kl", "mean KL(dense || pruned)\n(nats per token)")]
                                                         if "kl" in measures else [])
     for task, rows in tasked.groupby("task", sort=False):
         scores = rows.assign(**{task: rows.dense_score - rows.task_loss}).groupby(
             ["method", "calibration_samples", "seed"])[task].mean()
         per_run = per_run.merge(scores.reset_index(), on=["method", "calibration_samples", "seed"], how="left")
-        panels.append((task, f"{task} score (mean of {rows.example.nunique()} questions)"))
+        panels.append((task, f"{task} score\n(mean of {rows.example.nunique()} questions)"))
     styles = series_styles(list(dict.fromkeys(per_run.method)))
     fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.2), squeeze=False)
     counts = sorted(per_run.calibration_samples.unique())
+    methods = list(styles)
     for ax, (column, label) in zip(axes[0], panels):
-        for method, rows in per_run.groupby("method", sort=False):
-            ax.scatter(rows.calibration_samples, rows[column], color=styles[method]["color"], alpha=0.5, s=14)
+        for i, (method, rows) in enumerate(per_run.groupby("method", sort=False)):
+            dodge = 1.06 ** (i - (len(methods) - 1) / 2)  # the methods side by side at each count (log axis)
+            ax.scatter(rows.calibration_samples * dodge, rows[column], color=styles[method]["color"], alpha=0.5,
+                       s=14)
             means = rows.groupby("calibration_samples")[column].mean()
-            ax.plot(means.index, means.values, color=styles[method]["color"], marker=styles[method]["marker"],
+            ax.plot(means.index * dodge, means.values, color=styles[method]["color"], marker=styles[method]["marker"],
                     label=method)
         ax.set(xscale="log", xlabel="calibration sequences (log axis)", ylabel=label)
         ax.set_xticks(counts, [f"{s:g}" for s in counts])
         ax.minorticks_off()
         ax.legend(fontsize="x-small")
     seeds = per_run.seed.nunique()
-    figure_title(fig, title + f"\ndots: {seeds} calibration seeds; line: their mean")
+    figure_title(fig, title + f"\ndots: {seeds} calibration seeds; line: their mean; methods set apart along x")
     fig.tight_layout()
     means = per_run.groupby(["method", "calibration_samples"])[[c for c, _ in panels]].mean()
     finding = f"Mean over {seeds} calibration seeds, fewest -> most sequences: " + "; ".join(

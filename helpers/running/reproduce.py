@@ -151,7 +151,7 @@ PROFILES: dict[str, dict[str, dict]] = {
                  "focus_tasks": ["nq_open_book", "kv_retrieval"],
                  "focus_points": [{"method": "wanda", "sparsity": 0.3}, {"method": "wanda", "sparsity": 0.5},
                                   {"method": "rtn", "bits": 8}],
-                 "ablation_seeds": [],
+                 "ablation_seeds": [], "ablation_tasks": {},
                  "results_path": "../results/03_llm_kick_gemma3.jsonl",
                  "records_dir": "../results/03_llm_kick_gemma3_records"},
         "paper": {"model": "lmsys/vicuna-7b-v1.5", "dtype": "float16", "device": "cuda", "threads": None,
