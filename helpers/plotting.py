@@ -132,6 +132,13 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")
 LINESTYLES = ("-", "--", ":", "-.")
 
 
+def centred_offsets(labels) -> dict[str, float]:
+    """Each series' place in a row centred on 0 (-0.5, 0.5 for two; -1, 0, 1 for three), to draw series side by
+    side at shared x values: times a step on a linear axis, as the power of a factor on a log axis."""
+    labels = list(dict.fromkeys(labels))
+    return {label: i - (len(labels) - 1) / 2 for i, label in enumerate(labels)}
+
+
 def series_styles(labels, *, families: dict | None = None) -> dict[str, dict]:
     """One distinct look per series, for any number of series: {label: {color, marker, linestyle}}.
 

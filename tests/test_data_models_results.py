@@ -167,6 +167,13 @@ def test_series_styles_are_distinct_for_many_series():
     assert styles["variant 0"]["linestyle"] == "-"
 
 
+def test_centred_offsets_place_series_symmetrically_about_zero_in_order():
+    from helpers.plotting import centred_offsets
+    assert centred_offsets(["a", "b"]) == {"a": -0.5, "b": 0.5}
+    assert centred_offsets(["a", "b", "a", "c"]) == {"a": -1.0, "b": 0.0, "c": 1.0}  # repeats counted once
+    assert centred_offsets(["only"]) == {"only": 0.0} and centred_offsets([]) == {}
+
+
 def test_figure_title_wraps_a_long_caption_to_the_figure_and_keeps_given_lines():
     import matplotlib
     matplotlib.use("Agg")

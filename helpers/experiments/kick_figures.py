@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..plotting import figure_title, ratio_axis, series_styles
+from ..plotting import centred_offsets, figure_title, ratio_axis, series_styles
 from .kick import EMBEDDING_SCORING
 
 DENSE = "dense"
@@ -229,10 +229,10 @@ def calibration_figure(calibration, *, title: str):
     styles = series_styles(list(dict.fromkeys(per_run.method)))
     fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.2), squeeze=False)
     counts = sorted(per_run.calibration_samples.unique())
-    methods = list(styles)
+    places = centred_offsets(styles)  # the methods side by side at each count (log axis: a factor apart)
     for ax, (column, label) in zip(axes[0], panels):
-        for i, (method, rows) in enumerate(per_run.groupby("method", sort=False)):
-            dodge = 1.06 ** (i - (len(methods) - 1) / 2)  # the methods side by side at each count (log axis)
+        for method, rows in per_run.groupby("method", sort=False):
+            dodge = 1.06 ** places[method]
             ax.scatter(rows.calibration_samples * dodge, rows[column], color=styles[method]["color"], alpha=0.5,
                        s=14)
             means = rows.groupby("calibration_samples")[column].mean()

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from ..plotting import LINESTYLES, ratio_axis, series_styles
+from ..plotting import LINESTYLES, centred_offsets, ratio_axis, series_styles
 
 FAMILY_PANELS = ("pruning", "quantization", "activations")
 POINTS_BELOW = 10  # fewer windows than this: draw each window's points, not a band
@@ -232,7 +232,7 @@ def protection_bits_figure(summary, *, title: str, early: tuple[int, int], late:
     # rules side by side, offset by 3% of the bits the panel spans (at least 0.4 bits): grids at 4 and 14 bits need
     # a wider step than grids 1 bit apart for the points to stay apart
     unit = 0.03 * max(float(np.ptp(summary.bits_per_weight)), 0.4)
-    dodge = {rule: unit * (i - (len(rules) - 1) / 2) for i, rule in enumerate(rules)}
+    dodge = {rule: unit * place for rule, place in centred_offsets(rules).items()}
     fig, (left, right) = plt.subplots(1, 2, figsize=(15, 4.8))
     panels = ((left, "late_kl", "late_kl_low", "late_kl_high"), (right, "late/early", "low", "high"))
 
