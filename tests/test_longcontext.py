@@ -299,6 +299,12 @@ def test_protection_pairs_and_figures_keep_grids_over_different_blocks_apart():
     versus_plain, versus_rule = protection_pairs(summary)
     assert versus_plain == [("global + 2%", "global"), ("global + 2% random", "global"), ("all + 2%", "all")]
     assert versus_rule == [("global + 2%", "global + 2% random")]
+    shuffled = protection_summary(pd.concat([growth[growth.label == "all + 2%"], growth.assign(
+        label=growth.label + " bis", protected_fraction=growth.protected_fraction * 0.5)[growth.label == "all + 2%"],
+        growth[growth.label != "all + 2%"]]))   # listed: all + 2%, all + 1%, then the global grid, then all
+    plain, rule = protection_pairs(shuffled)    # read by grid, rule (magnitude first), fraction
+    assert plain == [("all + 2% bis", "all"), ("all + 2%", "all"), ("global + 2%", "global"),
+                     ("global + 2% random", "global")]
     fig, finding = protection_bits_figure(summary, title="t", early=(1, 2), late=(3, 4))
     legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
     assert "unprotected, 4-bit g128 [global blocks]" in legend and "unprotected, 4-bit g128" in legend

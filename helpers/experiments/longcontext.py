@@ -538,12 +538,17 @@ def protection_summary(growth):
 
 def protection_pairs(summary) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """From a `protection_summary`: (protected, unprotected) pairs of the same grid (bits, group size, quantized
-    blocks), and (magnitude, other rule) pairs of the same grid and protected fraction (LC7's comparison)."""
+    blocks), and (magnitude, other rule) pairs of the same grid and protected fraction (LC7's comparison). Both
+    in reading order: by grid (as first listed), then rule (magnitude first), then fraction; seeds as listed."""
     from ..claims.registry import quantization_grid
 
     grid = quantization_grid(summary)
     plain = {grid[label]: label for label in summary.index if summary.protected_fraction[label] == 0}
-    protected = [label for label in summary.index if summary.protected_fraction[label] > 0]
+    grids = list(dict.fromkeys(grid[label] for label in summary.index))
+    rules = list(dict.fromkeys(["magnitude", *summary.protection_rule]))
+    protected = sorted((label for label in summary.index if summary.protected_fraction[label] > 0),
+                       key=lambda label: (grids.index(grid[label]), rules.index(summary.protection_rule[label]),
+                                          summary.protected_fraction[label]))
     versus_plain = [(label, plain[grid[label]]) for label in protected if grid[label] in plain]
     magnitude = [label for label in protected if summary.protection_rule[label] == "magnitude"]
     versus_rule = [(m, o) for m in magnitude for o in protected if summary.protection_rule[o] != "magnitude"
