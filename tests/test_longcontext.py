@@ -326,6 +326,28 @@ def test_protection_pairs_and_figures_keep_grids_over_different_blocks_apart():
     assert any(label.startswith("4-bit g128 [global blocks]: magnitude 2%") for label in labels)
 
 
+def test_protection_bits_figure_sets_a_rules_seeds_beside_their_own_fraction():
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    from helpers.experiments.longcontext import protection_summary
+    from helpers.experiments.longcontext_figures import protection_bits_figure
+
+    settings = {"plain": ("none", 0.0, 4.25)} | {f"h{f} seed={s}": ("hessian", f / 100, 4.25 + 0.05 * f)
+                                                   for f in (1, 2, 3) for s in range(3)}
+    growth = pd.DataFrame([{"label": label, "window": w, "early_bin_kl": 0.1, "late_bin_kl": 0.1 + 0.01 * w,
+                            "bits": 4.0, "group_size": 128.0, "blocks": np.nan, "protection_rule": rule,
+                            "protected_fraction": fraction, "bits_per_weight": bits, "ppl_ratio": 1.2, "working": True}
+                           for label, (rule, fraction, bits) in settings.items() for w in range(5)])
+    fig, _ = protection_bits_figure(protection_summary(growth), title="t", early=(1, 2), late=(3, 4))
+    unit = 0.03 * 0.4                           # one rule: no rule offset; seeds 2 and 3 of a fraction at unit/3, 2/3
+    xs = np.concatenate([bars.lines[0].get_xdata() for bars in fig.axes[1].containers])
+    bits = np.array(sorted({b for _, _, b in settings.values()}))
+    beyond = xs - bits[np.searchsorted(bits, xs + 1e-9) - 1]   # each point's distance past its own setting's bits
+    assert len(xs) == len(settings) + 1 and beyond.min() >= -1e-9 and beyond.max() == pytest.approx(2 * unit / 3)
+
+
 def test_theory_figure_labels_several_ticks_on_a_ratio_axis_within_a_decade():
     import matplotlib
     import pandas as pd
