@@ -605,6 +605,10 @@ def test_ki6_calibration_sensitivity_difference():
     assert split.verdict not in (R, NR) and len(split.points) == 2
     # rows without KL (older runs) are judged on NLL alone
     assert [p.name for p in decide("KI6", frame(0.3, 0.01).drop(columns="kl")).points] == ["sparsegpt vs wanda, NLL"]
+    # two sparsities, KL read against the dense reference at one only: KL is a point where it was measured
+    mixed = pd.concat([frame(0.3, 0.01).assign(sparsity=0.5), frame(0.2, 0.01).assign(sparsity=0.3, kl=np.nan)])
+    assert [p.name for p in decide("KI6", mixed).points] == [
+        "sparsegpt vs wanda, NLL at 0.5", "sparsegpt vs wanda, KL at 0.5", "sparsegpt vs wanda, NLL at 0.3"]
 
     # a task's answers at the same points: one more measure, per question (the loss dense - score, mean over seeds)
     def with_task(windows, sparsegpt_drop, wanda_drop, dense=0.5, n=60):

@@ -721,15 +721,18 @@ def decide_ki6(frame, claim: Claim, regime: str = "nominal") -> ClaimVerdict:
     sparsity); optionally task rows (`kick.calibration_frame`: task, example, task_loss = dense score - score,
     dense_score, chance; window nan). Per measure (NLL, KL where every window row has it, each task's loss), per
     method, per window or question (mean over seeds): the measure with the fewest samples - with the most;
-    SparseGPT's loss minus Wanda's, above 0 (direction), for every measure ("all"); a task whose dense score
-    sits at its floor is untestable. The perplexity gate reads the best-calibrated points."""
+    SparseGPT's loss minus Wanda's, above 0 (direction), for every measure ("all"); KL is a measure at a
+    sparsity where every window row there has it; a task whose dense score sits at its floor is untestable. The
+    perplexity gate reads the best-calibrated points."""
     _require(frame, ("label", "method", "calibration_samples", "seed", "window", "nll", "ppl_ratio"), claim)
     rows = frame.reindex(columns=[*frame.columns, *{"sparsity", "task"} - set(frame.columns)])  # older frames lack them
     windows, tasks = rows[rows["task"].isna()], rows[rows["task"].notna()]
-    measures = ["nll"] + (["kl"] if "kl" in windows.columns and windows["kl"].notna().all() else [])
     at = lambda sparsity: "" if math.isnan(sparsity) else f" at {sparsity:g}"  # noqa: E731
-    points = [_calibration_point(claim, group, measure, f"sparsegpt vs wanda, {measure.upper()}{at(sparsity)}")
-              for sparsity, group in windows.groupby("sparsity", sort=False, dropna=False) for measure in measures]
+    points = []
+    for sparsity, group in windows.groupby("sparsity", sort=False, dropna=False):
+        for measure in ["nll"] + (["kl"] if "kl" in group.columns and group["kl"].notna().all() else []):
+            name = f"sparsegpt vs wanda, {measure.upper()}{at(sparsity)}"
+            points.append(_calibration_point(claim, group, measure, name))
     if len(tasks):
         _require(frame, ("example", "task_loss", "dense_score", "chance"), claim)
     for (sparsity, task), group in tasks.groupby(["sparsity", "task"], sort=False, dropna=False):
