@@ -135,10 +135,11 @@ PROFILES: dict[str, dict[str, dict]] = {
         # (~60 s): ~11 min per working point, ~2.5 min per collapsed one; with ~18 working points, the dense pass on
         # every task (~17 min) and 3 focus points (~4 min each): ~4 h over two sessions, resumable (the first 16
         # points in one, 10%, 20% and 4:8 added in the next). The calibration ablation (KI6: Wanda and SparseGPT at
-        # 50%, where both still work here, 2.66x / 2.70x dense, 5 seeds x 8 / 32 / 128 sequences) on perplexity and
-        # KL only: 30 points of compression + 8 windows, ~2 min each; a task at every point would add TriviaQA's
-        # 534 s (~4.5 h), which the profile's budget does not hold. MMLU (1,000 questions, 0-shot, letter and cloze log-likelihood) on the dense model
-        # only: where the base model stands against chance (SmolLM2's letter scoring is at chance), not swept.
+        # 50%, where both still work here, 2.66x / 2.70x dense, 5 seeds x 8 / 32 / 128 sequences) on the 8 windows
+        # alone: 30 points, 3,148 s measured (compression 9-146 s + perplexity and KL 42-68 s a point); a task at
+        # every point would add TriviaQA's 534 s (~4.5 h), beyond the profile's budget. MMLU (1,000 questions,
+        # 0-shot, letter and cloze log-likelihood) on the dense model only: where the base model stands against
+        # chance (SmolLM2's letter scoring is at chance), not swept.
         "long": {"model": "gemma3-270m", "run_name": "gemma3", "eval_windows": 8,
                  "sparsities": [0.1, 0.2, 0.25, 0.3, 0.5], "nm_patterns": ["2:4", "4:8", "1:4"], "seed_repeats": [],
                  "working_only": True,
